@@ -1,0 +1,30 @@
+# model-fetcher: everything a fresh clone needs is installed by `make install` into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint clean bench soak
+
+install: $(STAMP)
+
+# Re-install only when the project's metadata changes, so repeated runs cost nothing.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m devtools.demo
+
+test: install
+	env -u AWS_CA_BUNDLE $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check fetcher devtools tests
+	$(BIN)/ruff format --check fetcher devtools tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache
