@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean bench soak
+.PHONY: install demo test lint clean
 
 install: $(STAMP)
 
@@ -28,3 +28,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Targets owned by other parts of the tree (bench/, k8s/, container/) live in mk/*.mk.
+-include mk/*.mk

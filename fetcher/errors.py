@@ -1,0 +1,107 @@
+"""The exception tree of model-fetcher and the exit code of each branch.
+
+    FetchError
+    ├─ ConfigError                        exit 2   bad flag or environment; never retried
+    ├─ SourceError                        exit 3
+    │  ├─ ObjectNotFound                           no such bucket, prefix or key
+    │  ├─ AccessDenied                             bad credentials, forbidden
+    │  ├─ SourceUnreachable                        connection refused, DNS, TLS, timeouts
+    │  └─ TransientSourceError                     5xx, SlowDown, reset, short body: retried per part
+    ├─ IntegrityError                     exit 4
+    │  ├─ ObjectChanged                            412 on If-Match: the object was replaced
+    │  ├─ RangeMismatch                            Content-Range or length differs from the request
+    │  ├─ ChecksumMismatch(key, expected, actual)
+    │  ├─ InvalidModel                             bad safetensors header, index names a missing shard
+    │  └─ UnsafeKey                                a key that would escape the cache directory
+    └─ CacheError                         exit 5   no space, permissions, corrupt local state
+    Stopped                               exit 143 (SIGTERM) / 130 (SIGINT)
+
+Errors are mapped into this tree where they arise: botocore and socket errors in `source.py` /
+`http.py`, OS errors in `cache.py`. Messages are one line and never carry a credential.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_SOURCE = 3
+EXIT_INTEGRITY = 4
+EXIT_CACHE = 5
+EXIT_SIGTERM = 143
+EXIT_SIGINT = 130
+
+
+class FetchError(Exception):
+    """Base of every error model-fetcher reports; `exit_code` is the process exit status."""
+
+    exit_code = 1
+
+
+class ConfigError(FetchError):
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class SourceError(FetchError):
+    exit_code = EXIT_SOURCE
+
+
+class ObjectNotFound(SourceError):
+    pass
+
+
+class AccessDenied(SourceError):
+    pass
+
+
+class SourceUnreachable(SourceError):
+    """The endpoint cannot be reached at all; a complete cache may still be served."""
+
+
+class TransientSourceError(SourceError):
+    """Worth another attempt: 5xx, SlowDown, RequestTimeout, reset, short body, read timeout."""
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason  # low-cardinality label for model_fetcher_retries_total
+
+
+class IntegrityError(FetchError):
+    exit_code = EXIT_INTEGRITY
+
+
+class ObjectChanged(IntegrityError):
+    pass
+
+
+class RangeMismatch(IntegrityError):
+    pass
+
+
+class ChecksumMismatch(IntegrityError):
+    def __init__(self, key: str, expected: str, actual: str, what: str = "file") -> None:
+        super().__init__(f"checksum mismatch for {what} {key}: expected {expected}, got {actual}")
+        self.key, self.expected, self.actual = key, expected, actual
+
+
+class InvalidModel(IntegrityError):
+    pass
+
+
+class UnsafeKey(IntegrityError):
+    pass
+
+
+class CacheError(FetchError):
+    exit_code = EXIT_CACHE
+
+
+class Stopped(FetchError):
+    """A stop signal arrived; completed parts are kept for the next start."""
+
+    def __init__(self, signum: int, exit_code: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.exit_code = exit_code
