@@ -1,0 +1,298 @@
+"""The cache on the PVC: layout, local state, partial files with journals, atomic commit.
+
+    DEST/<rel>                      model files, only ever complete and verified
+    DEST/.fetcher/state.json        what the fetcher placed (size, etag, xxh3, mtime)
+    DEST/.fetcher/partial/<h>.part  a download in progress (never named *.safetensors)
+    DEST/.fetcher/partial/<h>.json  its journal: etag, size, part size, finished parts
+    DEST/.fetcher/lock, lease.json  one downloader per cache (see lease.py)
+
+OS errors are mapped here into CacheError (exit 5) with the path and, for permissions, the
+UID, so `kubectl describe pod` says what to fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import log
+from .errors import CacheError, UnsafeKey
+
+META_DIR = ".fetcher"
+STATE_VERSION = 1
+
+
+@dataclass
+class FileState:
+    size: int
+    etag: str
+    xxh3: str
+    mtime_ns: int
+    checksum: str = "none"  # what the bytes were checked against: manifest, s3:<algo>, none
+
+
+@dataclass
+class State:
+    files: dict[str, FileState] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)
+    complete: bool = False
+    last_fetch: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["version"] = STATE_VERSION
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> State:
+        if doc.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown state version {doc.get('version')!r}")
+        files = {str(k): FileState(**v) for k, v in doc["files"].items()}
+        return cls(files, dict(doc["source"]), bool(doc["complete"]), dict(doc["last_fetch"]))
+
+
+@contextmanager
+def os_errors(action: str, path: Path | str) -> Iterator[None]:
+    """Map an OSError into CacheError with a message that names the fix."""
+    try:
+        yield
+    except OSError as exc:
+        raise cache_error(exc, action, path) from exc
+
+
+def cache_error(exc: OSError, action: str, path: Path | str) -> CacheError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CacheError(
+            f"cannot {action} {path}: {exc.strerror} (running as uid {os.getuid()}; "
+            "make the cache volume writable for it, e.g. fsGroup)"
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheError(f"no space left to {action} {path}")
+    return CacheError(f"cannot {action} {path}: {exc.strerror or exc}")
+
+
+def safe_rel(rel: str) -> str:
+    """Refuse a key that could land outside DEST or inside the fetcher's own directory."""
+    bad = (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\x00" in rel
+        or any(ord(c) < 32 for c in rel)
+        or any(part in ("", ".", "..") for part in rel.split("/"))
+        or rel.split("/")[0] == META_DIR
+    )
+    if bad:
+        raise UnsafeKey(f"refusing unsafe object key {rel!r}: it would escape the cache directory")
+    return rel
+
+
+def write_json_atomic(path: Path, doc: object) -> None:
+    """Write to a temp file, fsync, rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with os_errors("write", path):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Cache:
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.meta = dest / META_DIR
+        self.partial_dir = self.meta / "partial"
+        self.state_path = self.meta / "state.json"
+
+    def prepare(self) -> None:
+        with os_errors("create", self.partial_dir):
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.meta, os.W_OK | os.X_OK) or not os.access(self.dest, os.W_OK):
+            raise cache_error(OSError(errno.EACCES, "Permission denied"), "write to", self.dest)
+
+    def load_state(self) -> State:
+        try:
+            doc = json.loads(self.state_path.read_text(encoding="utf-8"))
+            return State.from_json(doc)
+        except FileNotFoundError:
+            return State()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A damaged state is no state: every file is re-checked, nothing crashes.
+            log.warning("state_corrupt", f"ignoring unreadable cache state: {exc}",
+                        path=str(self.state_path))
+            return State()
+
+    def save_state(self, state: State) -> None:
+        write_json_atomic(self.state_path, state.to_json())
+
+    def final_path(self, rel: str) -> Path:
+        return self.dest / safe_rel(rel)
+
+    def ensure_parent(self, rel: str) -> Path:
+        """Create the parent directories of `rel`, never following a link out of DEST."""
+        path = self.final_path(rel)
+        with os_errors("create", path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        root = os.path.realpath(self.dest)
+        real = os.path.realpath(path.parent)
+        if real != root and not real.startswith(root + os.sep):
+            raise UnsafeKey(f"refusing {rel!r}: {path.parent} links outside the cache")
+        return path
+
+    def is_present(self, rel: str, fs: FileState) -> bool:
+        """Fast check: the file we placed is still there, same size and mtime."""
+        try:
+            st = os.lstat(self.final_path(rel))
+        except (OSError, UnsafeKey):
+            return False
+        return st.st_size == fs.size and st.st_mtime_ns == fs.mtime_ns
+
+    def free_bytes(self) -> int:
+        with os_errors("stat", self.dest):
+            st = os.statvfs(self.dest)
+        return st.f_bavail * st.f_frsize
+
+    def open_partial(self, key: str, etag: str, size: int, part_size: int) -> Partial:
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return Partial.open(self.partial_dir / name, etag, size, part_size)
+
+    def commit(self, partial: Partial, rel: str) -> int:
+        """Move a finished partial file to its final name; returns its mtime_ns."""
+        path = self.ensure_parent(rel)
+        with os_errors("move into place", path):
+            if path.is_symlink() or path.is_dir():
+                raise CacheError(f"refusing to replace {path}: it is a link or a directory")
+            os.replace(partial.path, path)
+            fsync_dir(path.parent)
+            mtime_ns = os.stat(path).st_mtime_ns
+        partial.forget()
+        return mtime_ns
+
+    def remove(self, rel: str) -> None:
+        path = self.final_path(rel)
+        with os_errors("remove", path):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+        self._prune_dirs(path.parent)
+
+    def _prune_dirs(self, directory: Path) -> None:
+        while directory != self.dest and self.dest in directory.parents:
+            try:
+                directory.rmdir()  # only succeeds when empty: foreign files keep it alive
+            except OSError:
+                return
+            directory = directory.parent
+
+
+class Partial:
+    """A preallocated file of the object's size plus a journal of its finished parts."""
+
+    def __init__(self, base: Path, etag: str, size: int, part_size: int, fd: int) -> None:
+        self.path = base.with_suffix(".part")
+        self.journal_path = base.with_suffix(".json")
+        self.etag, self.size, self.part_size, self.fd = etag, size, part_size, fd
+        self.done: dict[int, str] = {}
+
+    @classmethod
+    def open(cls, base: Path, etag: str, size: int, part_size: int) -> Partial:
+        path = base.with_suffix(".part")
+        with os_errors("create partial file", path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        partial = cls(base, etag, size, part_size, fd)
+        partial.done = partial._resumable_parts()
+        if not partial.done:
+            partial._preallocate()
+        return partial
+
+    def _resumable_parts(self) -> dict[int, str]:
+        """Parts a previous run finished, when it fetched this same object version."""
+        try:
+            doc = json.loads(self.journal_path.read_text(encoding="utf-8"))
+            same = (doc["etag"], doc["size"], doc["part_size"]) == (
+                self.etag, self.size, self.part_size)
+            size_ok = os.fstat(self.fd).st_size == self.size
+            return {int(k): str(v) for k, v in doc["done"].items()} if same and size_ok else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _preallocate(self) -> None:
+        with os_errors("allocate", self.path):
+            os.ftruncate(self.fd, 0)
+            if self.size:
+                try:
+                    os.posix_fallocate(self.fd, 0, self.size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+                    os.ftruncate(self.fd, self.size)  # file systems without fallocate
+        self._write_journal()
+
+    def pwrite(self, data: memoryview, offset: int) -> None:
+        with os_errors("write", self.path):
+            while data:
+                n = os.pwrite(self.fd, data, offset)
+                data, offset = data[n:], offset + n
+
+    def mark_done(self, index: int, digest: str) -> None:
+        self.done[index] = digest
+        self._write_journal()
+
+    def forget_part(self, index: int) -> None:
+        self.done.pop(index, None)
+        self._write_journal()
+
+    def _write_journal(self) -> None:
+        # No fsync: after a crash a journal may claim a part whose bytes were lost with the
+        # page cache; resumed parts are re-hashed against their recorded digest first.
+        doc = {"etag": self.etag, "size": self.size, "part_size": self.part_size,
+               "done": {str(k): v for k, v in self.done.items()}, "written": time.time()}
+        tmp = self.journal_path.with_suffix(".json.tmp")
+        with os_errors("write", self.journal_path):
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
+            os.replace(tmp, self.journal_path)
+
+    def sync(self) -> None:
+        with os_errors("fsync", self.path):
+            os.fsync(self.fd)
+
+    def drop_page_cache(self) -> None:
+        # Written pages count against the pod's memory limit until reclaimed (issue 7).
+        with suppress(OSError, AttributeError):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+    def forget(self) -> None:
+        """After a commit: the data lives under its final name; drop the journal."""
+        self.close()
+        with suppress(FileNotFoundError):
+            self.journal_path.unlink()
+
+    def discard(self) -> None:
+        """Bad bytes are never resumed: remove the partial file and its journal."""
+        self.close()
+        for path in (self.path, self.journal_path):
+            with suppress(FileNotFoundError):
+                path.unlink()

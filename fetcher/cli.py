@@ -1,0 +1,184 @@
+"""Entry point: parse, run one command on uvloop, map the outcome to an exit code.
+
+Errors end as one line on stderr (a traceback only with LOG_LEVEL=debug) and, when the file is
+writable, one line in /dev/termination-log so `kubectl describe pod` shows why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import uvloop
+from prometheus_client import CollectorRegistry
+
+from . import log
+from .config import Config, load
+from .errors import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    ConfigError,
+    FetchError,
+    SourceError,
+    Stopped,
+)
+from .handoff import exec_serve
+from .metrics import Metrics, MetricsServer, push, write_textfile
+from .pipeline import Fetch, Outcome, summary
+
+T = TypeVar("T")
+
+
+class InternalError(FetchError):
+    """A bug: anything that is not one of our errors (exit 1)."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load(args, os.environ, stderr_isatty=sys.stderr.isatty())
+    except ConfigError as exc:
+        _fail_config(exc, os.environ.get("FETCH_TERMINATION_LOG", "/dev/termination-log"))
+    log.setup(cfg.log_format, cfg.log_level)
+    try:
+        code = _dispatch(cfg)
+    except FetchError as exc:
+        code = _report(exc, cfg.termination_log)
+    except Exception as exc:  # noqa: BLE001 - a bug must still end as one clear line
+        code = _report(InternalError(f"{type(exc).__name__}: {exc}"), cfg.termination_log)
+        if log.is_debug():
+            log.event("traceback", _traceback(exc), 10)
+    log.flush()
+    sys.exit(code)
+
+
+def _dispatch(cfg: Config) -> int:
+    if cfg.command == "verify":
+        from .inspect_cache import verify_command
+
+        return verify_command(cfg)
+    if cfg.command == "status":
+        from .inspect_cache import status_command
+
+        return status_command(cfg)
+    if cfg.command == "publish":
+        from .publish import publish
+
+        return run_async(lambda: publish(cfg))
+    if cfg.command == "sidecar":
+        from .sidecar import sidecar
+
+        return run_async(lambda: sidecar(cfg))
+    run_async(lambda: fetch_and_report(cfg))
+    if cfg.serve_cmd:
+        exec_serve(cfg.serve_cmd)
+    return 0
+
+
+def run_async(main_fn: Callable[[], Awaitable[T]]) -> T:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(with_signals(main_fn))
+
+
+async def with_signals(main_fn: Callable[[], Awaitable[T]]) -> T:
+    """SIGTERM/SIGINT cancel the run; TaskGroups unwind and completed parts stay journaled."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            log.warning("signal", f"received {signal.Signals(signum).name}; stopping")
+            task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await main_fn()
+    except asyncio.CancelledError:
+        if received:
+            code = EXIT_SIGTERM if received[0] == signal.SIGTERM else EXIT_SIGINT
+            raise Stopped(received[0], code) from None
+        raise
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def fetch_and_report(cfg: Config) -> Outcome:
+    """One fetch with its metrics exposed during the run and pushed or written after it."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, cfg.bucket, cfg.prefix)
+    started = time.monotonic()
+    ok = False
+    async with MetricsServer(cfg.metrics_port, metrics):
+        try:
+            outcome = await with_deadline(cfg, Fetch(cfg, metrics).run())
+            ok = True
+        finally:
+            metrics.up.set(1 if ok else 0)
+            metrics.finish(ok, started)
+            await asyncio.to_thread(_publish_metrics, cfg, registry)
+    summary(outcome, started)
+    return outcome
+
+
+async def with_deadline(cfg: Config, coro: Awaitable[T]) -> T:
+    if cfg.deadline is None:
+        return await coro
+    try:
+        async with asyncio.timeout(cfg.deadline):
+            return await coro
+    except TimeoutError:
+        raise SourceError(f"FETCH_DEADLINE of {cfg.deadline:g}s exceeded") from None
+
+
+def _publish_metrics(cfg: Config, registry: CollectorRegistry) -> None:
+    if cfg.pushgateway_url:
+        push(registry, cfg.pushgateway_url, cfg.identity)
+    if cfg.metrics_textfile:
+        write_textfile(registry, str(cfg.metrics_textfile))
+
+
+def _report(exc: FetchError, termination_log: Path) -> int:
+    message = f"{_kind(exc)}: {exc}"
+    log.event("error", message, 40, exit_code=exc.exit_code,
+              **({"traceback": _traceback(exc)} if log.is_debug() else {}))
+    _write_termination_log(termination_log, message)
+    return exc.exit_code
+
+
+def _kind(exc: FetchError) -> str:
+    names = {2: "configuration error", 3: "source error", 4: "integrity error",
+             5: "cache error", 130: "stopped", 143: "stopped"}
+    return names.get(exc.exit_code, "error")
+
+
+def _traceback(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(exc))
+
+
+def _fail_config(exc: ConfigError, termination_log: str) -> None:
+    # Logging is not set up yet (its format is part of the configuration): plain stderr.
+    message = "configuration error: " + "; ".join(exc.problems)
+    print(f"model-fetcher: {message}", file=sys.stderr)
+    _write_termination_log(Path(termination_log), message)
+    sys.exit(exc.exit_code)
+
+
+def _write_termination_log(path: Path, message: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(message[:4000] + "\n")
+    except OSError:
+        pass  # not in a pod, or not writable: stderr already has it

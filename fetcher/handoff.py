@@ -1,0 +1,27 @@
+"""Hand-off: flush, then `os.execvp` the serving command in place of the fetcher.
+
+exec keeps the PID, the environment and the signal disposition, so vLLM becomes the process
+that Kubernetes signals and whose exit status ends the container; no wrapper stays behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import log
+from .errors import FetchError
+
+
+class HandoffFailed(FetchError):
+    exit_code = 127  # the shell's "command not found", what a failed exec conventionally means
+
+
+def exec_serve(cmd: Sequence[str]) -> NoReturn:
+    log.event("handoff", f"starting {cmd[0]}", command=list(cmd), pid=os.getpid())
+    log.flush()
+    try:
+        os.execvp(cmd[0], list(cmd))
+    except OSError as exc:
+        raise HandoffFailed(f"cannot run serving command {cmd[0]!r}: {exc.strerror}") from exc

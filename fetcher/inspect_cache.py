@@ -1,0 +1,91 @@
+"""`verify` and `status`: look at a cache without touching the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import log
+from .cache import Cache, FileState, State
+from .config import Config
+from .errors import EXIT_INTEGRITY, EXIT_OK, FetchError, UnsafeKey
+from .verify import check_model, xxh3_file
+
+
+def verify_command(cfg: Config) -> int:
+    cache = Cache(cfg.dest)
+    state = cache.load_state()
+    problems = find_problems(cache, state, cfg.full)
+    for problem in problems:
+        log.warning("verify_failed", problem)
+    total = sum(fs.size for fs in state.files.values())
+    dump_json({"ok": not problems, "dest": str(cfg.dest), "files": len(state.files),
+               "bytes": total, "mode": "full" if cfg.full else "fast", "problems": problems})
+    return EXIT_INTEGRITY if problems else EXIT_OK
+
+
+def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
+    if not state.files:
+        return [f"no model recorded in {cache.dest} (never fetched, or the state is unreadable)"]
+    problems = [] if state.complete else ["the last fetch did not finish: the cache is incomplete"]
+    workers = min(len(state.files), os.cpu_count() or 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        checks = pool.map(lambda item: _check_file(cache, *item, full), state.files.items())
+        problems += [p for p in checks if p]
+    if not problems:
+        try:
+            check_model(cache.dest, sorted(state.files))
+        except FetchError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _check_file(cache: Cache, rel: str, fs: FileState, full: bool) -> str | None:
+    try:
+        path = cache.final_path(rel)
+        st = os.lstat(path)
+    except UnsafeKey as exc:
+        return str(exc)
+    except OSError:
+        return f"{rel}: missing"
+    if st.st_size != fs.size:
+        return f"{rel}: size {st.st_size}, expected {fs.size}"
+    if not full:
+        return None if st.st_mtime_ns == fs.mtime_ns else f"{rel}: modified since it was fetched"
+    try:
+        digest = xxh3_file(path)
+    except OSError as exc:
+        return f"{rel}: unreadable ({exc.strerror})"
+    return None if digest == fs.xxh3 else f"{rel}: corrupt (xxh3 {digest}, expected {fs.xxh3})"
+
+
+def status_command(cfg: Config) -> int:
+    dump_json(status(Cache(cfg.dest)))
+    return EXIT_OK
+
+
+def status(cache: Cache) -> dict[str, Any]:
+    state = cache.load_state()
+    files = {
+        rel: {"size": fs.size, "etag": fs.etag, "xxh3": fs.xxh3, "checksum": fs.checksum,
+              "present": cache.is_present(rel, fs)}
+        for rel, fs in sorted(state.files.items())
+    }
+    complete = state.complete and all(f["present"] for f in files.values()) and bool(files)
+    return {
+        "dest": str(cache.dest),
+        "source": state.source,
+        "complete": complete,
+        "files": files,
+        "file_count": len(files),
+        "total_bytes": sum(fs.size for fs in state.files.values()),
+        "last_fetch": state.last_fetch,
+    }
+
+
+def dump_json(doc: object) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")

@@ -1,0 +1,155 @@
+"""Prometheus metrics on an injected CollectorRegistry; exposed over HTTP, pushed, or written.
+
+Names are a contract (issue 5). Labels carry only the bucket and the model prefix: never a
+credential, never a per-file label (cardinality stays constant whatever the model).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest, push_to_gateway, write_to_textfile
+
+from . import log
+from .errors import ConfigError
+
+_LABELS = ("bucket", "prefix")
+_RESULTS = ("downloaded", "cached", "removed", "failed")
+# Ranged GETs of 32 MiB parts take 20 ms on loopback to minutes on a congested link.
+_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, bucket: str, prefix: str) -> None:
+        self.registry = registry
+        lv = {"bucket": bucket, "prefix": prefix}
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, _LABELS, registry=registry).labels(**lv)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, _LABELS, registry=registry).labels(**lv)
+
+        self.bytes_downloaded = counter("model_fetcher_bytes_downloaded",
+                                        "Bytes of model data received from S3.")
+        self.bytes_expected = gauge("model_fetcher_bytes_expected", "Size of the model in bytes.")
+        self.bytes_cached = gauge("model_fetcher_bytes_cached",
+                                  "Bytes kept from the cache without downloading.")
+        self._files = Counter("model_fetcher_files", "Files by outcome.", (*_LABELS, "result"),
+                              registry=registry)
+        self.files = {r: self._files.labels(**lv, result=r) for r in _RESULTS}
+        self.request_duration = Histogram(
+            "model_fetcher_request_duration_seconds", "Duration of ranged GET requests.",
+            _LABELS, registry=registry, buckets=_DURATION_BUCKETS).labels(**lv)
+        self.inflight = gauge("model_fetcher_inflight_requests", "Ranged GETs in flight.")
+        self._retries = Counter("model_fetcher_retries", "Retried requests by reason.",
+                                (*_LABELS, "reason"), registry=registry)
+        self._lv = lv
+        self.checksum_failures = counter("model_fetcher_checksum_failures",
+                                         "Parts or files whose checksum did not match.")
+        self.fetch_duration = gauge("model_fetcher_fetch_duration_seconds",
+                                    "Wall time of the last fetch.")
+        self.last_success = gauge("model_fetcher_last_success_timestamp_seconds",
+                                  "Unix time of the last successful fetch.")
+        self.up = gauge("model_fetcher_up", "1 once the model is complete and verified.")
+        self.source_unreachable = gauge(
+            "model_fetcher_source_unreachable",
+            "1 when the cache was served because S3 could not be reached.")
+        self.drift = gauge("model_fetcher_remote_drift_files",
+                           "Files that differ between the cache and the bucket (sidecar watch).")
+
+    def retry(self, reason: str) -> None:
+        self._retries.labels(**self._lv, reason=reason).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def finish(self, ok: bool, started: float) -> None:
+        self.fetch_duration.set(time.monotonic() - started)
+        if ok:
+            self.last_success.set(time.time())
+
+
+def push(registry: CollectorRegistry, url: str, instance: str) -> None:
+    """Push the final values; a failed push is a warning, never a failed fetch."""
+    try:
+        push_to_gateway(url, job="model-fetcher", registry=registry,
+                        grouping_key={"instance": instance}, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure here must not fail the fetch
+        log.warning("push_failed", f"could not push metrics to the Pushgateway: {exc}")
+
+
+def write_textfile(registry: CollectorRegistry, path: str) -> None:
+    try:
+        write_to_textfile(path, registry)  # temp file + rename: atomic for node-exporter
+    except OSError as exc:
+        log.warning("textfile_failed", f"could not write metrics to {path}: {exc.strerror}")
+
+
+class MetricsServer:
+    """`/metrics`, `/healthz` and `/readyz` on METRICS_PORT for the whole run (aiohttp).
+
+    Served from the event loop: generating the exposition takes microseconds, and a scrape
+    during a 100 GB fetch must show progress. `/readyz` is 200 only once `ready` is set.
+    """
+
+    def __init__(self, port: int | None, metrics: Metrics, host: str = "0.0.0.0") -> None:
+        self.port, self.host, self.metrics = port, host, metrics
+        self.ready = False
+        self._runner: Any = None
+
+    async def __aenter__(self) -> MetricsServer:
+        if self.port is None:
+            return self
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        try:
+            sock = _listen(self.host, self.port)
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(f"METRICS_PORT {self.port}: cannot listen: {exc.strerror}") from exc
+        await web.SockSite(self._runner, sock).start()
+        self.port = sock.getsockname()[1]  # the real port when 0 was asked for
+        log.event("metrics", f"serving metrics on :{self.port}", port=self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(body=self.metrics.exposition(), content_type="text/plain",
+                            charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+    async def _healthz(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if self.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="model not ready\n")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,223 @@
+"""One fetch run: list the prefix, compare with the cache, transfer, prune, check, record.
+
+The order matters for a PVC that is nearly full and for serving during outages:
+stale files are removed before new bytes arrive (their space is needed), the state says
+`complete` only after every file is in place and the model checks passed, and a failed LIST
+with a complete cache is a warning, not a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import log
+from .cache import Cache, FileState, State, safe_rel
+from .config import Config
+from .errors import CacheError, SourceUnreachable
+from .metrics import Metrics
+from .progress import Progress
+from .source import RemoteObject, Source
+from .transfer import Job, Transfer
+from .verify import check_model, xxh3_file
+
+MANIFEST_NAME = ".model-manifest.json"
+
+
+@dataclass
+class Plan:
+    keep: list[RemoteObject] = field(default_factory=list)
+    fetch: list[Job] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(job.obj.size for job in self.fetch)
+
+    @property
+    def keep_bytes(self) -> int:
+        return sum(obj.size for obj in self.keep)
+
+
+@dataclass
+class Outcome:
+    state: State
+    plan: Plan
+    served_offline: bool = False
+
+
+def selected(objs: list[RemoteObject], include: tuple[str, ...],
+             exclude: tuple[str, ...]) -> list[RemoteObject]:
+    """Apply the include / exclude globs to the path under DEST (or its file name)."""
+
+    def hit(rel: str, patterns: tuple[str, ...]) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    return [
+        o for o in objs
+        if o.rel != MANIFEST_NAME
+        and (not include or hit(o.rel, include))
+        and not hit(o.rel, exclude)
+    ]
+
+
+def source_id(cfg: Config) -> dict[str, str]:
+    return {"endpoint": cfg.endpoint or "aws", "bucket": cfg.bucket, "prefix": cfg.prefix}
+
+
+def is_complete(state: State, cache: Cache, cfg: Config) -> bool:
+    """The cache holds a whole verified model of this source, as far as stat() can tell."""
+    same = {k: state.source.get(k) for k in ("bucket", "prefix")} == {
+        "bucket": cfg.bucket, "prefix": cfg.prefix}
+    present = all(cache.is_present(rel, fs) for rel, fs in state.files.items())
+    return state.complete and same and present and bool(state.files)
+
+
+async def make_plan(objs: list[RemoteObject], state: State, cache: Cache, cfg: Config) -> Plan:
+    plan = Plan()
+    listed = {o.rel for o in objs}
+    for obj in objs:
+        fs = state.files.get(obj.rel)
+        if fs and fs.size == obj.size and fs.etag == obj.etag and cache.is_present(obj.rel, fs):
+            plan.keep.append(obj)
+        else:
+            plan.fetch.append(Job(obj))
+    if cfg.verify_mode == "full":
+        await _rehash_kept(plan, state, cache)
+    plan.remove = sorted(rel for rel in state.files if rel not in listed)
+    return plan
+
+
+async def _rehash_kept(plan: Plan, state: State, cache: Cache) -> None:
+    """FETCH_VERIFY=full: every cached file is hashed again; a changed one is fetched again."""
+
+    async def check(obj: RemoteObject) -> bool:
+        digest = await asyncio.to_thread(xxh3_file, cache.final_path(obj.rel))
+        return digest == state.files[obj.rel].xxh3
+
+    results = await asyncio.gather(*(check(o) for o in plan.keep))
+    bad = [o for o, ok in zip(plan.keep, results, strict=True) if not ok]
+    for obj in bad:
+        log.warning("cache_corrupt", f"{obj.rel} differs from its recorded hash; fetching again",
+                    file=obj.rel)
+        plan.keep.remove(obj)
+        plan.fetch.append(Job(obj))
+
+
+class Fetch:
+    """Runs one fetch; `run()` returns the Outcome or raises a FetchError."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self.cfg, self.metrics = cfg, metrics
+        self.cache = Cache(cfg.dest)
+        self._state_lock = asyncio.Lock()
+        self.started = time.monotonic()
+
+    async def run(self) -> Outcome:
+        self.cache.prepare()
+        state = self.cache.load_state()
+        async with Source(self.cfg) as src:
+            try:
+                listing = await src.list_prefix(self.cfg.prefix)
+            except SourceUnreachable as exc:
+                return self._offline(state, exc)
+            objs = selected(listing, self.cfg.include, self.cfg.exclude)
+            for obj in objs:
+                safe_rel(obj.rel)
+            plan = await make_plan(objs, state, self.cache, self.cfg)
+            await self._apply(src, plan, state)
+        return Outcome(state, plan)
+
+    def _offline(self, state: State, exc: SourceUnreachable) -> Outcome:
+        if not is_complete(state, self.cache, self.cfg):
+            raise SourceUnreachable(f"{exc} and the cache at {self.cfg.dest} is incomplete") from exc
+        log.warning("source_unreachable",
+                    f"{exc}; serving the complete cached model ({len(state.files)} files)")
+        self.metrics.source_unreachable.set(1)
+        self._record_totals(state.files.values(), cached=True)
+        return Outcome(state, Plan(), served_offline=True)
+
+    async def _apply(self, src: Source, plan: Plan, state: State) -> None:
+        changed = bool(plan.fetch or plan.remove) or not state.complete
+        if changed or state.source != source_id(self.cfg):
+            self._prune(plan, state)
+            for job in plan.fetch:
+                state.files.pop(job.obj.rel, None)
+            state.source, state.complete = source_id(self.cfg), False
+            self.cache.save_state(state)
+        self._check_space(plan)
+        self._log_start(plan)
+        self.metrics.bytes_expected.set(plan.fetch_bytes + plan.keep_bytes)
+        self.metrics.bytes_cached.set(plan.keep_bytes)
+        self.metrics.files["cached"].inc(len(plan.keep))
+        progress = Progress(plan.fetch_bytes, len(plan.fetch), self.cfg.progress_interval,
+                            self.cfg.progress and bool(plan.fetch))
+        async with progress:
+            transfer = Transfer(self.cfg, src, self.cache, self.metrics, progress)
+            await transfer.run(plan.fetch, lambda rel, fs: self._commit(state, rel, fs))
+        await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files))
+        state.complete = True
+        state.last_fetch = {"finished": time.time(), "duration_s": self._took(),
+                            "bytes_fetched": plan.fetch_bytes, "files_fetched": len(plan.fetch)}
+        self.cache.save_state(state)
+
+    def _took(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    async def _commit(self, state: State, rel: str, fs: FileState) -> None:
+        async with self._state_lock:
+            state.files[rel] = fs
+            await asyncio.to_thread(self.cache.save_state, state)
+
+    def _prune(self, plan: Plan, state: State) -> None:
+        for rel in plan.remove:
+            self.cache.remove(rel)
+            state.files.pop(rel, None)
+            self.metrics.files["removed"].inc()
+            log.event("file_removed", f"removed {rel}: no longer in the bucket", file=rel)
+
+    def _check_space(self, plan: Plan) -> None:
+        need, free = plan.fetch_bytes, self.cache.free_bytes()
+        if need > free:
+            raise CacheError(
+                f"not enough space in {self.cfg.dest}: {_gib(need)} to fetch, {_gib(free)} free")
+
+    def _log_start(self, plan: Plan) -> None:
+        log.event(
+            "start",
+            f"fetching {len(plan.fetch)} files ({_gib(plan.fetch_bytes)}), "
+            f"{len(plan.keep)} cached ({_gib(plan.keep_bytes)})",
+            endpoint=self.cfg.endpoint, bucket=self.cfg.bucket, prefix=self.cfg.prefix,
+            dest=str(self.cfg.dest), files_to_fetch=len(plan.fetch),
+            bytes_to_fetch=plan.fetch_bytes, files_cached=len(plan.keep),
+            bytes_cached=plan.keep_bytes, files_to_remove=len(plan.remove),
+        )
+
+    def _record_totals(self, files: Iterable[FileState], cached: bool) -> None:
+        sizes = [fs.size for fs in files]
+        self.metrics.bytes_expected.set(sum(sizes))
+        if cached:
+            self.metrics.bytes_cached.set(sum(sizes))
+            self.metrics.files["cached"].inc(len(sizes))
+
+
+def summary(outcome: Outcome, started: float) -> None:
+    took = time.monotonic() - started
+    fetched = outcome.plan.fetch_bytes
+    log.event(
+        "done",
+        f"model ready in {took:.1f}s: {len(outcome.plan.fetch)} fetched, "
+        f"{len(outcome.plan.keep)} kept, {len(outcome.plan.remove)} removed",
+        duration_s=round(took, 3), bytes_fetched=fetched,
+        mib_per_s=round(fetched / 2**20 / took, 1) if took > 0 else None,
+        files_fetched=len(outcome.plan.fetch), files_kept=len(outcome.plan.keep),
+        files_removed=len(outcome.plan.remove), offline=outcome.served_offline,
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"

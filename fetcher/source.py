@@ -1,0 +1,212 @@
+"""The S3 control plane (aiobotocore): list, head, small GETs, presigning, uploads.
+
+This is the only module that imports botocore. Every botocore or socket error is mapped here,
+at the boundary, into the tree of `fetcher.errors`, the way httpx maps httpcore's exceptions.
+The bulk byte path does not go through botocore: `rangeget.py` reads presigned ranged GETs.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from aiobotocore.session import get_session
+from botocore import UNSIGNED
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from .config import Config
+from .errors import (
+    AccessDenied,
+    ConfigError,
+    FetchError,
+    ObjectChanged,
+    ObjectNotFound,
+    SourceError,
+    SourceUnreachable,
+    TransientSourceError,
+)
+
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
+                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException"}
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                 "ExpiredToken", "InvalidToken", "AllAccessDisabled"}
+_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    """One listed object; `rel` is its key relative to the prefix (the path under DEST)."""
+
+    key: str
+    rel: str
+    size: int
+    etag: str
+
+
+def map_client_error(exc: ClientError, what: str) -> FetchError:
+    err = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return map_s3_error(status, str(err.get("Code", "")), str(err.get("Message", "")), what)
+
+
+def map_s3_error(status: int, code: str, message: str, what: str) -> FetchError:
+    """Pick the most specific error of ours for an S3 error response (also used by rangeget)."""
+    label = code or str(status)
+    if code in _DENIED_CODES or status in (401, 403):
+        return AccessDenied(f"access denied for {what} ({label}); check the credentials")
+    if code in _MISSING_CODES or status == 404:
+        return ObjectNotFound(f"not found: {what} ({label})")
+    if code == "PreconditionFailed" or status == 412:
+        return ObjectChanged(f"{what} changed on the server while it was being fetched")
+    if code in _TRANSIENT_CODES or status >= 500:
+        return TransientSourceError(f"{what}: {label} {message}".strip(), reason=label)
+    return SourceError(f"{what}: {label} {message}".strip())
+
+
+def map_boto_error(exc: BaseException, what: str, endpoint: str | None) -> FetchError:
+    if isinstance(exc, ClientError):
+        return map_client_error(exc, what)
+    if isinstance(exc, SSLError | ssl.SSLError):
+        return SourceUnreachable(f"TLS error talking to {endpoint}: {_short(exc)} "
+                                 "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)")
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
+        return SourceUnreachable(f"cannot reach {endpoint}: {_short(exc)}")
+    if isinstance(exc, NoCredentialsError):
+        return AccessDenied("no credentials: set MINIO_ACCESS_KEY and MINIO_SECRET_KEY")
+    if isinstance(exc, OSError):
+        return SourceUnreachable(f"cannot reach {endpoint}: {exc.strerror or exc}")
+    return SourceError(f"{what}: {_short(exc)}")
+
+
+def _short(exc: BaseException) -> str:
+    # botocore messages can embed the full request URL; keep the first line, no query string.
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split("?", 1)[0]
+
+
+def boto_config(cfg: Config) -> BotoConfig:
+    return BotoConfig(
+        region_name=cfg.region,
+        signature_version=UNSIGNED if cfg.anonymous else "s3v4",
+        s3={"addressing_style": "path"},
+        # The pool must be at least the concurrency, or botocore silently queues requests.
+        max_pool_connections=max(cfg.concurrency, 10),
+        connect_timeout=cfg.connect_timeout,
+        read_timeout=cfg.read_timeout,
+        retries={"mode": "standard", "total_max_attempts": 3},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+def client_kwargs(cfg: Config) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint, "config": boto_config(cfg)}
+    if cfg.endpoint and cfg.endpoint.startswith("https"):
+        kwargs["verify"] = (cfg.ca_bundle or True) if cfg.tls_verify else False
+    else:
+        kwargs["verify"] = False  # no TLS: keep botocore from loading a global AWS_CA_BUNDLE
+    if cfg.access_key and cfg.secret_key and not cfg.anonymous:
+        kwargs["aws_access_key_id"] = cfg.access_key
+        kwargs["aws_secret_access_key"] = cfg.secret_key
+        kwargs["aws_session_token"] = cfg.session_token
+    return kwargs
+
+
+class Source:
+    """An open S3 client for one bucket; use as `async with Source(cfg) as src`."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def __aenter__(self) -> Source:
+        session = get_session()
+        try:
+            creator = session.create_client("s3", **client_kwargs(self.cfg))
+            self._client = await self._stack.enter_async_context(creator)
+        except (BotoCoreError, ValueError) as exc:
+            raise ConfigError(f"S3 client: {_short(exc)}") from exc
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def _map(self, exc: BaseException, what: str) -> FetchError:
+        return map_boto_error(exc, what, self.cfg.endpoint)
+
+    async def list_prefix(self, prefix: str) -> list[RemoteObject]:
+        """Every object under `prefix` (paginated); an empty listing is ObjectNotFound."""
+        found = [obj async for obj in self._iter_prefix(prefix)]
+        if not found:
+            raise ObjectNotFound(f"nothing under s3://{self.bucket}/{prefix}")
+        return found
+
+    async def _iter_prefix(self, prefix: str) -> AsyncIterator[RemoteObject]:
+        where = f"s3://{self.bucket}/{prefix}"
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    key = str(item["Key"])
+                    if key.endswith("/") and int(item["Size"]) == 0:
+                        continue  # a "directory marker", not a file
+                    yield RemoteObject(key, key[len(prefix):], int(item["Size"]),
+                                       str(item.get("ETag", "")))
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise self._map(exc, f"list {where}") from exc
+
+    async def head_checksums(self, key: str) -> Mapping[str, str]:
+        """S3's own full-object checksums of `key` (ChecksumMode=ENABLED), if it has any."""
+        try:
+            resp = await self._client.head_object(Bucket=self.bucket, Key=key,
+                                                  ChecksumMode="ENABLED")
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise self._map(exc, f"head s3://{self.bucket}/{key}") from exc
+        names = ("ChecksumSHA256", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1")
+        kind = str(resp.get("ChecksumType", "FULL_OBJECT"))
+        if kind != "FULL_OBJECT":
+            return {}  # a composite multipart checksum is not a checksum of the bytes
+        return {n: str(resp[n]) for n in names if resp.get(n)}
+
+    async def get_bytes(self, key: str, etag: str | None = None) -> bytes:
+        """A whole small object (the manifest) in memory."""
+        extra = {"IfMatch": etag} if etag else {}
+        try:
+            resp = await self._client.get_object(Bucket=self.bucket, Key=key, **extra)
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+                return data
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise self._map(exc, f"get s3://{self.bucket}/{key}") from exc
+
+    async def presign_get(self, key: str, expires: int = 3600) -> str:
+        try:
+            url: str = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise self._map(exc, f"presign s3://{self.bucket}/{key}") from exc
+        return url
+
+    @property
+    def client(self) -> Any:
+        """The raw client, for `publish` (which maps its own errors through `map_boto_error`)."""
+        return self._client
+
+
+def is_source_error(exc: BaseException) -> bool:
+    return isinstance(exc, SourceError)

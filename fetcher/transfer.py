@@ -1,0 +1,244 @@
+"""Part planning and the bounded ranged-GET engine: many parts of many files in flight.
+
+One `asyncio.Semaphore` bounds the requests in flight for the whole process; each object is a
+task whose parts are tasks; the first fatal error cancels the rest (TaskGroup). Retries live in
+one place, the part, and only for TransientSourceError; the attempt count resets whenever an
+attempt made progress, and a part resumes at the byte where the failed attempt stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from . import log
+from .cache import Cache, FileState, Partial
+from .config import Config
+from .errors import ChecksumMismatch, FetchError, IntegrityError, TransientSourceError
+from .metrics import Metrics
+from .progress import Progress
+from .rangeget import RangeGetter, RangeRequest, tls_context
+from .source import RemoteObject, Source
+from .verify import xxh3_range
+
+_URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
+_BACKOFF_BASE, _BACKOFF_CAP = 0.2, 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    index: int
+    start: int
+    end: int  # inclusive; -1 for the single empty part of a zero-byte object
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def plan_parts(size: int, part_size: int) -> list[Part]:
+    """Split [0, size) into parts of part_size; a zero-byte object is one empty part."""
+    if size == 0:
+        return [Part(0, 0, -1)]
+    return [
+        Part(i, start, min(start + part_size, size) - 1)
+        for i, start in enumerate(range(0, size, part_size))
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the publisher's manifest (or S3) says the bytes must hash to."""
+
+    xxh3: str | None = None
+    part_size: int | None = None
+    parts: tuple[str, ...] = ()
+    source: str = "none"  # manifest, s3:<algorithm>, none
+
+
+@dataclass(slots=True)
+class Job:
+    obj: RemoteObject
+    expected: Expected = field(default_factory=Expected)
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog)."""
+    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+
+
+def root_cause(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first error of ours in a (nested) group: the reason the run failed."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    ours = [e for e in leaves if isinstance(e, FetchError)]
+    return (ours or leaves)[0]
+
+
+async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; the first failure cancels the rest and is raised alone."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+    except BaseExceptionGroup as group:
+        raise root_cause(group) from group
+
+
+OnCommit = Callable[[str, FileState], Awaitable[None]]
+
+
+class Transfer:
+    def __init__(self, cfg: Config, source: Source, cache: Cache, metrics: Metrics,
+                 progress: Progress) -> None:
+        self.cfg, self.source, self.cache = cfg, source, cache
+        self.metrics, self.progress = metrics, progress
+        self.inflight = asyncio.Semaphore(cfg.concurrency)
+        # Bounds open partial files (fds, preallocated space) without slowing the parts.
+        self.files_open = asyncio.Semaphore(max(4, cfg.concurrency))
+        ctx = tls_context(cfg.tls_verify, cfg.ca_bundle) if _is_https(cfg.endpoint) else None
+        self.getter = RangeGetter(cfg.concurrency, cfg.connect_timeout, cfg.read_timeout, ctx)
+        self._urls: dict[str, tuple[str, float]] = {}
+
+    async def run(self, jobs: list[Job], on_commit: OnCommit) -> None:
+        try:
+            await run_all(self._fetch_file(job, on_commit) for job in jobs)
+        finally:
+            self.getter.close()
+
+    async def _fetch_file(self, job: Job, on_commit: OnCommit) -> None:
+        obj = job.obj
+        part_size = job.expected.part_size or self.cfg.part_size
+        async with self.files_open:
+            partial = self.cache.open_partial(obj.key, obj.etag, obj.size, part_size)
+            try:
+                await self._recheck_resumed(partial, job)
+                parts = [p for p in plan_parts(obj.size, part_size) if p.index not in partial.done]
+                await run_all(self._fetch_part(job, p, partial) for p in parts)
+                digest = await asyncio.to_thread(_finish, partial)
+                _check_whole(job, digest)
+                mtime_ns = self.cache.commit(partial, obj.rel)
+            except IntegrityError:
+                self.metrics.files["failed"].inc()
+                partial.discard()
+                raise
+            finally:
+                partial.close()
+        state = FileState(obj.size, obj.etag, digest, mtime_ns, job.expected.source)
+        await on_commit(obj.rel, state)
+        self.metrics.files["downloaded"].inc()
+        self.progress.file_done(obj.rel, obj.size)
+
+    async def _recheck_resumed(self, partial: Partial, job: Job) -> None:
+        """Parts a crashed run recorded are trusted only if their bytes still hash the same."""
+        if not partial.done:
+            return
+        parts = plan_parts(job.obj.size, partial.part_size)
+        for index, digest in list(partial.done.items()):
+            part = parts[index] if index < len(parts) else None
+            want = job.expected.parts[index] if index < len(job.expected.parts) else digest
+            if part is None or digest != want:
+                partial.forget_part(index)
+                continue
+            actual = await asyncio.to_thread(xxh3_range, partial.fd, part.start, part.length)
+            if actual != digest:
+                partial.forget_part(index)
+            else:
+                self.progress.resumed(part.length)
+        if partial.done:
+            log.event("resume", f"resuming {job.obj.rel}: {len(partial.done)} parts kept",
+                      file=job.obj.rel, parts_kept=len(partial.done))
+
+    async def _fetch_part(self, job: Job, part: Part, partial: Partial) -> None:
+        expected = job.expected.parts[part.index] if job.expected.parts else None
+        failures = 0
+        while True:
+            digest = await self._download_part(job.obj, part, partial)
+            if expected is None or digest == expected:
+                partial.mark_done(part.index, digest)
+                return
+            failures += 1
+            self.metrics.checksum_failures.inc()
+            self.progress.add(-max(part.length, 0))
+            log.warning("part_checksum", f"{job.obj.rel} part {part.index} failed its checksum",
+                        file=job.obj.rel, part=part.index, attempt=failures)
+            if failures >= self.cfg.retries:
+                raise ChecksumMismatch(job.obj.rel, expected, digest, what=f"part {part.index} of")
+
+    async def _download_part(self, obj: RemoteObject, part: Part, partial: Partial) -> str:
+        hasher = xxhash.xxh3_128()
+        got = 0
+
+        def sink(data: memoryview, offset: int) -> None:
+            nonlocal got
+            partial.pwrite(data, offset)
+            hasher.update(data)
+            got += len(data)
+            self.metrics.bytes_downloaded.inc(len(data))
+            self.progress.add(len(data))
+
+        attempts = 0
+        while True:
+            before = got
+            try:
+                await self._request(obj, part.start + got, part.end, sink)
+                return hasher.hexdigest()
+            except TransientSourceError as exc:
+                attempts = 1 if got > before else attempts + 1
+                if attempts >= self.cfg.retries:
+                    raise
+                self.metrics.retry(exc.reason)
+                log.debug("retry", f"{obj.rel} part {part.index}: {exc}", attempt=attempts)
+                await asyncio.sleep(backoff(attempts))
+
+    async def _request(self, obj: RemoteObject, start: int, end: int, sink: Any) -> None:
+        async with self.inflight:
+            req = RangeRequest(await self._url(obj.key), obj.rel, obj.etag, start, end, obj.size)
+            self.metrics.inflight.inc()
+            began = time.monotonic()
+            try:
+                await self.getter.get(req, sink)
+            finally:
+                self.metrics.inflight.dec()
+                self.metrics.request_duration.observe(time.monotonic() - began)
+
+    async def _url(self, key: str) -> str:
+        cached = self._urls.get(key)
+        now = time.monotonic()
+        if cached and now - cached[1] < _URL_TTL:
+            return cached[0]
+        url = await self.source.presign_get(key)
+        self._urls[key] = (url, now)
+        return url
+
+
+def _finish(partial: Partial) -> str:
+    """In a thread: make the bytes durable, hash the whole file, release its page cache."""
+    partial.sync()
+    digest = xxh3_range(partial.fd, 0, partial.size)
+    partial.drop_page_cache()
+    return digest
+
+
+def _check_whole(job: Job, digest: str) -> None:
+    want = job.expected.xxh3
+    if want is not None and digest != want:
+        raise ChecksumMismatch(job.obj.rel, want, digest)
+
+
+def _is_https(endpoint: str | None) -> bool:
+    return endpoint is None or endpoint.startswith("https")
