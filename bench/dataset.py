@@ -1,0 +1,88 @@
+"""The benchmark's model: generated once, hashed, uploaded with boto3, then removed locally.
+
+Upload cost is not measured. The local copy is deleted after upload so that it neither takes
+disk space nor sits in the page cache beside the server's copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from boto3.s3.transfer import TransferConfig
+
+from devtools.sample_model import write_sample_model
+
+BUCKET = "bench"
+MODEL_PREFIX = "bench-model/v1/"
+TINY_PREFIX = "bench-tiny/v1/"
+_READ = 8 << 20
+_UPLOAD = TransferConfig(
+    multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4
+)
+
+Digests = dict[str, str]  # path relative to the prefix -> xxh3-128 hex
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """A model in the bucket: its prefix, the digest of each file, and its total size."""
+
+    prefix: str
+    digests: Digests
+    total_bytes: int
+
+
+def xxh3_file(path: Path) -> str:
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as f:
+        while chunk := f.read(_READ):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_tree(root: Path, exclude: Iterable[str] = ()) -> Digests:
+    """xxh3-128 of every regular file under `root`, skipping top-level names in `exclude`."""
+    skip = set(exclude)
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in skip
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:  # xxhash releases the GIL on big buffers
+        hashes = pool.map(xxh3_file, files)
+        return {p.relative_to(root).as_posix(): h for p, h in zip(files, hashes, strict=True)}
+
+
+def make_model(workdir: Path, total_bytes: int, shards: int) -> Path:
+    dest = workdir / "model"
+    write_sample_model(dest, total_bytes, shards=shards, seed=0)
+    return dest
+
+
+def make_tiny(workdir: Path) -> Path:
+    """A one-file, 1 KiB model directory: what a fetch costs when there is nothing to fetch."""
+    dest = workdir / "tiny"
+    dest.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"model_type": "bench-tiny", "pad": ""})
+    pad = 1024 - len(text)
+    (dest / "config.json").write_text(json.dumps({"model_type": "bench-tiny", "pad": "x" * pad}))
+    return dest
+
+
+def upload(client: Any, local: Path, prefix: str) -> Uploaded:
+    """Upload every file of `local` under `prefix`, then delete `local`."""
+    digests = digest_tree(local)
+    total = sum((local / rel).stat().st_size for rel in digests)
+    for rel in digests:
+        client.upload_file(str(local / rel), BUCKET, prefix + rel, Config=_UPLOAD)
+    shutil.rmtree(local)
+    return Uploaded(prefix, digests, total)
+
+
+def ensure_bucket(client: Any) -> None:
+    client.create_bucket(Bucket=BUCKET)

