@@ -7,6 +7,7 @@ fetcher settings inherited from the shell so nothing outside the harness tunes o
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -149,8 +150,28 @@ def versions() -> dict[str, str]:
     found["s5cmd"] = _first_line([binary("s5cmd"), "version"])
     found["rclone"] = _first_line([binary("rclone"), "--config", "", "version"])
     found["weed"] = _first_line([binary("weed"), "version"])
-    found["model-fetcher git"] = _first_line(["git", "describe", "--always", "--dirty"])
+    found["model-fetcher git"] = _fetcher_commit()
     return found
+
+
+def _fetcher_commit() -> str:
+    """The commit of the `fetcher` package the benchmarked model-fetcher will import."""
+    spec = importlib.util.find_spec("fetcher")
+    if spec is None or spec.origin is None:
+        return "fetcher not importable"
+    where = str(Path(spec.origin).parent)
+    commit = _git(where, "rev-parse", "--short", "HEAD") or "not a git checkout"
+    dirty = _git(where, "status", "--porcelain", "--", ".")
+    return f"{commit}{' + uncommitted changes' if dirty else ''} ({where})"
+
+
+def _git(where: str, *args: str) -> str:
+    try:
+        argv = ["git", "-C", where, *args]
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 _PACKAGES = {
