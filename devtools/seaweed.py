@@ -90,10 +90,14 @@ class SeaweedServer:
             self.ports["s3.port.https"] = free_port()
             args += [f"-s3.cert.file={self.tls_cert}", f"-s3.key.file={self.tls_key}"]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
-        out = (logs / "stdout.txt").open("wb")
-        self.proc = subprocess.Popen(
-            args, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with (logs / "stdout.txt").open("wb") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                args,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._wait_ready(timeout)
         return self
 
@@ -117,7 +121,7 @@ class SeaweedServer:
     def _s3_answers(self) -> bool:
         # An unauthenticated ListBuckets answers 403 once the S3 gateway and filer are up.
         try:
-            urllib.request.urlopen(self.endpoint + "/", timeout=1)  # noqa: S310 - loopback only
+            urllib.request.urlopen(self.endpoint + "/", timeout=1)
         except urllib.error.HTTPError:
             return self._volume_ready()
         except OSError:
@@ -127,7 +131,7 @@ class SeaweedServer:
     def _volume_ready(self) -> bool:
         url = f"http://127.0.0.1:{self.ports['master.port']}/dir/status"
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 status = json.loads(resp.read())
         except (OSError, ValueError):
             return False

@@ -136,8 +136,11 @@ class Cache:
             return State()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # A damaged state is no state: every file is re-checked, nothing crashes.
-            log.warning("state_corrupt", f"ignoring unreadable cache state: {exc}",
-                        path=str(self.state_path))
+            log.warning(
+                "state_corrupt",
+                f"ignoring unreadable cache state: {exc}",
+                path=str(self.state_path),
+            )
             return State()
 
     def save_state(self, state: State) -> None:
@@ -227,7 +230,10 @@ class Partial:
         try:
             doc = json.loads(self.journal_path.read_text(encoding="utf-8"))
             same = (doc["etag"], doc["size"], doc["part_size"]) == (
-                self.etag, self.size, self.part_size)
+                self.etag,
+                self.size,
+                self.part_size,
+            )
             size_ok = os.fstat(self.fd).st_size == self.size
             return {int(k): str(v) for k, v in doc["done"].items()} if same and size_ok else {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -262,8 +268,13 @@ class Partial:
     def _write_journal(self) -> None:
         # No fsync: after a crash a journal may claim a part whose bytes were lost with the
         # page cache; resumed parts are re-hashed against their recorded digest first.
-        doc = {"etag": self.etag, "size": self.size, "part_size": self.part_size,
-               "done": {str(k): v for k, v in self.done.items()}, "written": time.time()}
+        doc = {
+            "etag": self.etag,
+            "size": self.size,
+            "part_size": self.part_size,
+            "done": {str(k): v for k, v in self.done.items()},
+            "written": time.time(),
+        }
         tmp = self.journal_path.with_suffix(".json.tmp")
         with os_errors("write", self.journal_path):
             tmp.write_text(json.dumps(doc), encoding="utf-8")

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = _dispatch(cfg)
     except FetchError as exc:
         code = _report(exc, cfg.termination_log)
-    except Exception as exc:  # noqa: BLE001 - a bug must still end as one clear line
+    except Exception as exc:
         code = _report(InternalError(f"{type(exc).__name__}: {exc}"), cfg.termination_log)
         if log.is_debug():
             log.event("traceback", _traceback(exc), 10)
@@ -119,14 +119,14 @@ async def fetch_and_report(cfg: Config) -> Outcome:
     metrics = Metrics(registry, cfg.bucket, cfg.prefix)
     started = time.monotonic()
     ok = False
-    async with MetricsServer(cfg.metrics_port, metrics):
+    async with MetricsServer(cfg.metrics_port, metrics, cfg.metrics_host):
         try:
             outcome = await with_deadline(cfg, Fetch(cfg, metrics).run())
             ok = True
         finally:
             metrics.up.set(1 if ok else 0)
             metrics.finish(ok, started)
-            await asyncio.to_thread(_publish_metrics, cfg, registry)
+            await asyncio.to_thread(publish_metrics, cfg, registry)
     summary(outcome, started)
     return outcome
 
@@ -141,7 +141,7 @@ async def with_deadline(cfg: Config, coro: Awaitable[T]) -> T:
         raise SourceError(f"FETCH_DEADLINE of {cfg.deadline:g}s exceeded") from None
 
 
-def _publish_metrics(cfg: Config, registry: CollectorRegistry) -> None:
+def publish_metrics(cfg: Config, registry: CollectorRegistry) -> None:
     if cfg.pushgateway_url:
         push(registry, cfg.pushgateway_url, cfg.identity)
     if cfg.metrics_textfile:
@@ -150,15 +150,26 @@ def _publish_metrics(cfg: Config, registry: CollectorRegistry) -> None:
 
 def _report(exc: FetchError, termination_log: Path) -> int:
     message = f"{_kind(exc)}: {exc}"
-    log.event("error", message, 40, exit_code=exc.exit_code,
-              **({"traceback": _traceback(exc)} if log.is_debug() else {}))
+    log.event(
+        "error",
+        message,
+        40,
+        exit_code=exc.exit_code,
+        **({"traceback": _traceback(exc)} if log.is_debug() else {}),
+    )
     _write_termination_log(termination_log, message)
     return exc.exit_code
 
 
 def _kind(exc: FetchError) -> str:
-    names = {2: "configuration error", 3: "source error", 4: "integrity error",
-             5: "cache error", 130: "stopped", 143: "stopped"}
+    names = {
+        2: "configuration error",
+        3: "source error",
+        4: "integrity error",
+        5: "cache error",
+        130: "stopped",
+        143: "stopped",
+    }
     return names.get(exc.exit_code, "error")
 
 

@@ -69,6 +69,7 @@ class Config:
     read_timeout: float = 60.0
     deadline: float | None = None
     metrics_port: int | None = None  # 0 asks the OS for a free port
+    metrics_host: str = "0.0.0.0"  # METRICS_HOST; pods are scraped on their IP
     pushgateway_url: str | None = None
     metrics_textfile: Path | None = None
     log_format: LogFormat = "json"
@@ -516,6 +517,7 @@ class _Settings(TypedDict):
     read_timeout: float
     deadline: float | None
     metrics_port: int | None
+    metrics_host: str
     pushgateway_url: str | None
     metrics_textfile: Path | None
     log_format: LogFormat
@@ -546,6 +548,7 @@ def _settings(r: _Reader, command: Command, stderr_isatty: bool) -> _Settings:
         read_timeout=r.get("FETCH_READ_TIMEOUT", "--read-timeout", _seconds, 60.0),
         deadline=r.get("FETCH_DEADLINE", "--deadline", _seconds, None),
         metrics_port=r.get("METRICS_PORT", "--metrics-port", _int_in(0, 65535), None),
+        metrics_host=r.get("METRICS_HOST", None, _host, "0.0.0.0"),
         pushgateway_url=r.get("PUSHGATEWAY_URL", None, _http_url, None),
         metrics_textfile=r.get("METRICS_TEXTFILE", None, _absolute, None),
         log_format=r.get("LOG_FORMAT", "--log-format", _choice(LOG_FORMATS), _tty(stderr_isatty)),
@@ -560,6 +563,13 @@ def _settings(r: _Reader, command: Command, stderr_isatty: bool) -> _Settings:
             "FETCH_TERMINATION_LOG", None, _absolute, Path("/dev/termination-log")
         ),
     )
+
+
+def _host(text: str) -> str:
+    """An address to listen on: an IPv4/IPv6 literal (pods scrape by IP, so no names)."""
+    import ipaddress
+
+    return str(ipaddress.ip_address(text.strip("[]")))
 
 
 def _tty(stderr_isatty: bool) -> LogFormat:

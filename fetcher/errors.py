@@ -6,12 +6,12 @@
     │  ├─ ObjectNotFound                           no such bucket, prefix or key
     │  ├─ AccessDenied                             bad credentials, forbidden
     │  ├─ SourceUnreachable                        connection refused, DNS, TLS, timeouts
-    │  └─ TransientSourceError                     5xx, SlowDown, reset, short body: retried per part
+    │  └─ TransientSourceError                     5xx, SlowDown, reset, short body: retried
     ├─ IntegrityError                     exit 4
     │  ├─ ObjectChanged                            412 on If-Match: the object was replaced
-    │  ├─ RangeMismatch                            Content-Range or length differs from the request
+    │  ├─ RangeMismatch                            Content-Range or length not what was asked
     │  ├─ ChecksumMismatch(key, expected, actual)
-    │  ├─ InvalidModel                             bad safetensors header, index names a missing shard
+    │  ├─ InvalidModel                             bad safetensors header, index names no shard
     │  └─ UnsafeKey                                a key that would escape the cache directory
     └─ CacheError                         exit 5   no space, permissions, corrupt local state
     Stopped                               exit 143 (SIGTERM) / 130 (SIGINT)

@@ -22,8 +22,16 @@ def verify_command(cfg: Config) -> int:
     for problem in problems:
         log.warning("verify_failed", problem)
     total = sum(fs.size for fs in state.files.values())
-    dump_json({"ok": not problems, "dest": str(cfg.dest), "files": len(state.files),
-               "bytes": total, "mode": "full" if cfg.full else "fast", "problems": problems})
+    dump_json(
+        {
+            "ok": not problems,
+            "dest": str(cfg.dest),
+            "files": len(state.files),
+            "bytes": total,
+            "mode": "full" if cfg.full else "fast",
+            "problems": problems,
+        }
+    )
     return EXIT_INTEGRITY if problems else EXIT_OK
 
 
@@ -33,7 +41,9 @@ def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
     problems = [] if state.complete else ["the last fetch did not finish: the cache is incomplete"]
     workers = min(len(state.files), os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = pool.map(lambda item: _check_file(cache, *item, full), state.files.items())
+        checks = pool.map(
+            lambda item: _check_file(cache, item[0], item[1], full), state.files.items()
+        )
         problems += [p for p in checks if p]
     if not problems:
         try:
@@ -70,8 +80,13 @@ def status_command(cfg: Config) -> int:
 def status(cache: Cache) -> dict[str, Any]:
     state = cache.load_state()
     files = {
-        rel: {"size": fs.size, "etag": fs.etag, "xxh3": fs.xxh3, "checksum": fs.checksum,
-              "present": cache.is_present(rel, fs)}
+        rel: {
+            "size": fs.size,
+            "etag": fs.etag,
+            "xxh3": fs.xxh3,
+            "checksum": fs.checksum,
+            "present": cache.is_present(rel, fs),
+        }
         for rel, fs in sorted(state.files.items())
     }
     complete = state.complete and all(f["present"] for f in files.values()) and bool(files)

@@ -33,33 +33,51 @@ class Metrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, _LABELS, registry=registry).labels(**lv)
 
-        self.bytes_downloaded = counter("model_fetcher_bytes_downloaded",
-                                        "Bytes of model data received from S3.")
+        self.bytes_downloaded = counter(
+            "model_fetcher_bytes_downloaded", "Bytes of model data received from S3."
+        )
         self.bytes_expected = gauge("model_fetcher_bytes_expected", "Size of the model in bytes.")
-        self.bytes_cached = gauge("model_fetcher_bytes_cached",
-                                  "Bytes kept from the cache without downloading.")
-        self._files = Counter("model_fetcher_files", "Files by outcome.", (*_LABELS, "result"),
-                              registry=registry)
+        self.bytes_cached = gauge(
+            "model_fetcher_bytes_cached", "Bytes kept from the cache without downloading."
+        )
+        self._files = Counter(
+            "model_fetcher_files", "Files by outcome.", (*_LABELS, "result"), registry=registry
+        )
         self.files = {r: self._files.labels(**lv, result=r) for r in _RESULTS}
         self.request_duration = Histogram(
-            "model_fetcher_request_duration_seconds", "Duration of ranged GET requests.",
-            _LABELS, registry=registry, buckets=_DURATION_BUCKETS).labels(**lv)
+            "model_fetcher_request_duration_seconds",
+            "Duration of ranged GET requests.",
+            _LABELS,
+            registry=registry,
+            buckets=_DURATION_BUCKETS,
+        ).labels(**lv)
         self.inflight = gauge("model_fetcher_inflight_requests", "Ranged GETs in flight.")
-        self._retries = Counter("model_fetcher_retries", "Retried requests by reason.",
-                                (*_LABELS, "reason"), registry=registry)
+        self._retries = Counter(
+            "model_fetcher_retries",
+            "Retried requests by reason.",
+            (*_LABELS, "reason"),
+            registry=registry,
+        )
         self._lv = lv
-        self.checksum_failures = counter("model_fetcher_checksum_failures",
-                                         "Parts or files whose checksum did not match.")
-        self.fetch_duration = gauge("model_fetcher_fetch_duration_seconds",
-                                    "Wall time of the last fetch.")
-        self.last_success = gauge("model_fetcher_last_success_timestamp_seconds",
-                                  "Unix time of the last successful fetch.")
+        self.checksum_failures = counter(
+            "model_fetcher_checksum_failures", "Parts or files whose checksum did not match."
+        )
+        self.fetch_duration = gauge(
+            "model_fetcher_fetch_duration_seconds", "Wall time of the last fetch."
+        )
+        self.last_success = gauge(
+            "model_fetcher_last_success_timestamp_seconds",
+            "Unix time of the last successful fetch.",
+        )
         self.up = gauge("model_fetcher_up", "1 once the model is complete and verified.")
         self.source_unreachable = gauge(
             "model_fetcher_source_unreachable",
-            "1 when the cache was served because S3 could not be reached.")
-        self.drift = gauge("model_fetcher_remote_drift_files",
-                           "Files that differ between the cache and the bucket (sidecar watch).")
+            "1 when the cache was served because S3 could not be reached.",
+        )
+        self.drift = gauge(
+            "model_fetcher_remote_drift_files",
+            "Files that differ between the cache and the bucket (sidecar watch).",
+        )
 
     def retry(self, reason: str) -> None:
         self._retries.labels(**self._lv, reason=reason).inc()
@@ -76,9 +94,14 @@ class Metrics:
 def push(registry: CollectorRegistry, url: str, instance: str) -> None:
     """Push the final values; a failed push is a warning, never a failed fetch."""
     try:
-        push_to_gateway(url, job="model-fetcher", registry=registry,
-                        grouping_key={"instance": instance}, timeout=10)
-    except Exception as exc:  # noqa: BLE001 - any failure here must not fail the fetch
+        push_to_gateway(
+            url,
+            job="model-fetcher",
+            registry=registry,
+            grouping_key={"instance": instance},
+            timeout=10,
+        )
+    except Exception as exc:
         log.warning("push_failed", f"could not push metrics to the Pushgateway: {exc}")
 
 
@@ -129,8 +152,12 @@ class MetricsServer:
     async def _metrics(self, request: Any) -> Any:
         from aiohttp import web
 
-        return web.Response(body=self.metrics.exposition(), content_type="text/plain",
-                            charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            body=self.metrics.exposition(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def _healthz(self, request: Any) -> Any:
         from aiohttp import web

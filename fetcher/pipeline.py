@@ -18,13 +18,13 @@ from . import log
 from .cache import Cache, FileState, State, safe_rel
 from .config import Config
 from .errors import CacheError, SourceUnreachable
+from .integrity import add_s3_checksums, load_manifest, manifest_jobs
+from .manifest import MANIFEST_NAME, Manifest
 from .metrics import Metrics
 from .progress import Progress
 from .source import RemoteObject, Source
 from .transfer import Job, Transfer
 from .verify import check_model, xxh3_file
-
-MANIFEST_NAME = ".model-manifest.json"
 
 
 @dataclass
@@ -49,20 +49,20 @@ class Outcome:
     served_offline: bool = False
 
 
-def selected(objs: list[RemoteObject], include: tuple[str, ...],
-             exclude: tuple[str, ...]) -> list[RemoteObject]:
-    """Apply the include / exclude globs to the path under DEST (or its file name)."""
+def wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """The include / exclude globs, matched on the path under DEST or on its file name."""
 
-    def hit(rel: str, patterns: tuple[str, ...]) -> bool:
+    def hit(patterns: tuple[str, ...]) -> bool:
         name = rel.rsplit("/", 1)[-1]
         return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
-    return [
-        o for o in objs
-        if o.rel != MANIFEST_NAME
-        and (not include or hit(o.rel, include))
-        and not hit(o.rel, exclude)
-    ]
+    return rel != MANIFEST_NAME and (not include or hit(include)) and not hit(exclude)
+
+
+def selected(
+    objs: list[RemoteObject], include: tuple[str, ...], exclude: tuple[str, ...]
+) -> list[RemoteObject]:
+    return [o for o in objs if wanted(o.rel, include, exclude)]
 
 
 def source_id(cfg: Config) -> dict[str, str]:
@@ -72,27 +72,32 @@ def source_id(cfg: Config) -> dict[str, str]:
 def is_complete(state: State, cache: Cache, cfg: Config) -> bool:
     """The cache holds a whole verified model of this source, as far as stat() can tell."""
     same = {k: state.source.get(k) for k in ("bucket", "prefix")} == {
-        "bucket": cfg.bucket, "prefix": cfg.prefix}
+        "bucket": cfg.bucket,
+        "prefix": cfg.prefix,
+    }
     present = all(cache.is_present(rel, fs) for rel, fs in state.files.items())
     return state.complete and same and present and bool(state.files)
 
 
-async def make_plan(objs: list[RemoteObject], state: State, cache: Cache, cfg: Config) -> Plan:
+async def make_plan(jobs: list[Job], state: State, cache: Cache, cfg: Config) -> Plan:
     plan = Plan()
-    listed = {o.rel for o in objs}
-    for obj in objs:
-        fs = state.files.get(obj.rel)
-        if fs and fs.size == obj.size and fs.etag == obj.etag and cache.is_present(obj.rel, fs):
+    listed = {j.obj.rel for j in jobs}
+    for job in jobs:
+        obj, fs = job.obj, state.files.get(job.obj.rel)
+        same = fs is not None and (fs.size, fs.etag) == (obj.size, obj.etag)
+        if same and job.expected.xxh3 not in (None, fs.xxh3 if fs else None):
+            same = False  # the manifest now promises different bytes
+        if same and fs is not None and cache.is_present(obj.rel, fs):
             plan.keep.append(obj)
         else:
-            plan.fetch.append(Job(obj))
+            plan.fetch.append(job)
     if cfg.verify_mode == "full":
-        await _rehash_kept(plan, state, cache)
+        await _rehash_kept(plan, state, cache, jobs)
     plan.remove = sorted(rel for rel in state.files if rel not in listed)
     return plan
 
 
-async def _rehash_kept(plan: Plan, state: State, cache: Cache) -> None:
+async def _rehash_kept(plan: Plan, state: State, cache: Cache, jobs: list[Job]) -> None:
     """FETCH_VERIFY=full: every cached file is hashed again; a changed one is fetched again."""
 
     async def check(obj: RemoteObject) -> bool:
@@ -101,11 +106,15 @@ async def _rehash_kept(plan: Plan, state: State, cache: Cache) -> None:
 
     results = await asyncio.gather(*(check(o) for o in plan.keep))
     bad = [o for o, ok in zip(plan.keep, results, strict=True) if not ok]
+    by_rel = {j.obj.rel: j for j in jobs}
     for obj in bad:
-        log.warning("cache_corrupt", f"{obj.rel} differs from its recorded hash; fetching again",
-                    file=obj.rel)
+        log.warning(
+            "cache_corrupt",
+            f"{obj.rel} differs from its recorded hash; fetching again",
+            file=obj.rel,
+        )
         plan.keep.remove(obj)
-        plan.fetch.append(Job(obj))
+        plan.fetch.append(by_rel[obj.rel])
 
 
 class Fetch:
@@ -116,6 +125,7 @@ class Fetch:
         self.cache = Cache(cfg.dest)
         self._state_lock = asyncio.Lock()
         self.started = time.monotonic()
+        self.manifest: Manifest | None = None
 
     async def run(self) -> Outcome:
         self.cache.prepare()
@@ -125,18 +135,33 @@ class Fetch:
                 listing = await src.list_prefix(self.cfg.prefix)
             except SourceUnreachable as exc:
                 return self._offline(state, exc)
-            objs = selected(listing, self.cfg.include, self.cfg.exclude)
-            for obj in objs:
-                safe_rel(obj.rel)
-            plan = await make_plan(objs, state, self.cache, self.cfg)
+            jobs = await self._jobs(src, listing)
+            plan = await make_plan(jobs, state, self.cache, self.cfg)
+            if not self.manifest and plan.fetch:
+                await add_s3_checksums(src, plan.fetch)
             await self._apply(src, plan, state)
         return Outcome(state, plan)
 
+    async def _jobs(self, src: Source, listing: list[RemoteObject]) -> list[Job]:
+        for obj in listing:
+            safe_rel(obj.rel)
+        objs = selected(listing, self.cfg.include, self.cfg.exclude)
+        self.manifest = await load_manifest(src, self.cache, listing)
+        if self.manifest is None:
+            return [Job(obj) for obj in objs]
+        return manifest_jobs(
+            objs, self.manifest, lambda rel: wanted(rel, self.cfg.include, self.cfg.exclude)
+        )
+
     def _offline(self, state: State, exc: SourceUnreachable) -> Outcome:
         if not is_complete(state, self.cache, self.cfg):
-            raise SourceUnreachable(f"{exc} and the cache at {self.cfg.dest} is incomplete") from exc
-        log.warning("source_unreachable",
-                    f"{exc}; serving the complete cached model ({len(state.files)} files)")
+            raise SourceUnreachable(
+                f"{exc} and the cache at {self.cfg.dest} is incomplete"
+            ) from exc
+        log.warning(
+            "source_unreachable",
+            f"{exc}; serving the complete cached model ({len(state.files)} files)",
+        )
         self.metrics.source_unreachable.set(1)
         self._record_totals(state.files.values(), cached=True)
         return Outcome(state, Plan(), served_offline=True)
@@ -154,15 +179,23 @@ class Fetch:
         self.metrics.bytes_expected.set(plan.fetch_bytes + plan.keep_bytes)
         self.metrics.bytes_cached.set(plan.keep_bytes)
         self.metrics.files["cached"].inc(len(plan.keep))
-        progress = Progress(plan.fetch_bytes, len(plan.fetch), self.cfg.progress_interval,
-                            self.cfg.progress and bool(plan.fetch))
+        progress = Progress(
+            plan.fetch_bytes,
+            len(plan.fetch),
+            self.cfg.progress_interval,
+            self.cfg.progress and bool(plan.fetch),
+        )
         async with progress:
             transfer = Transfer(self.cfg, src, self.cache, self.metrics, progress)
             await transfer.run(plan.fetch, lambda rel, fs: self._commit(state, rel, fs))
         await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files))
         state.complete = True
-        state.last_fetch = {"finished": time.time(), "duration_s": self._took(),
-                            "bytes_fetched": plan.fetch_bytes, "files_fetched": len(plan.fetch)}
+        state.last_fetch = {
+            "finished": time.time(),
+            "duration_s": self._took(),
+            "bytes_fetched": plan.fetch_bytes,
+            "files_fetched": len(plan.fetch),
+        }
         self.cache.save_state(state)
 
     def _took(self) -> float:
@@ -184,17 +217,23 @@ class Fetch:
         need, free = plan.fetch_bytes, self.cache.free_bytes()
         if need > free:
             raise CacheError(
-                f"not enough space in {self.cfg.dest}: {_gib(need)} to fetch, {_gib(free)} free")
+                f"not enough space in {self.cfg.dest}: {_gib(need)} to fetch, {_gib(free)} free"
+            )
 
     def _log_start(self, plan: Plan) -> None:
         log.event(
             "start",
             f"fetching {len(plan.fetch)} files ({_gib(plan.fetch_bytes)}), "
             f"{len(plan.keep)} cached ({_gib(plan.keep_bytes)})",
-            endpoint=self.cfg.endpoint, bucket=self.cfg.bucket, prefix=self.cfg.prefix,
-            dest=str(self.cfg.dest), files_to_fetch=len(plan.fetch),
-            bytes_to_fetch=plan.fetch_bytes, files_cached=len(plan.keep),
-            bytes_cached=plan.keep_bytes, files_to_remove=len(plan.remove),
+            endpoint=self.cfg.endpoint,
+            bucket=self.cfg.bucket,
+            prefix=self.cfg.prefix,
+            dest=str(self.cfg.dest),
+            files_to_fetch=len(plan.fetch),
+            bytes_to_fetch=plan.fetch_bytes,
+            files_cached=len(plan.keep),
+            bytes_cached=plan.keep_bytes,
+            files_to_remove=len(plan.remove),
         )
 
     def _record_totals(self, files: Iterable[FileState], cached: bool) -> None:
@@ -212,10 +251,13 @@ def summary(outcome: Outcome, started: float) -> None:
         "done",
         f"model ready in {took:.1f}s: {len(outcome.plan.fetch)} fetched, "
         f"{len(outcome.plan.keep)} kept, {len(outcome.plan.remove)} removed",
-        duration_s=round(took, 3), bytes_fetched=fetched,
+        duration_s=round(took, 3),
+        bytes_fetched=fetched,
         mib_per_s=round(fetched / 2**20 / took, 1) if took > 0 else None,
-        files_fetched=len(outcome.plan.fetch), files_kept=len(outcome.plan.keep),
-        files_removed=len(outcome.plan.remove), offline=outcome.served_offline,
+        files_fetched=len(outcome.plan.fetch),
+        files_kept=len(outcome.plan.keep),
+        files_removed=len(outcome.plan.remove),
+        offline=outcome.served_offline,
     )
 
 

@@ -89,9 +89,14 @@ class _RichBar:
 
         self.files = files
         self.progress = Progress(
-            TextColumn("[bold]model"), BarColumn(), DownloadColumn(binary_units=True),
-            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
-            console=Console(stderr=True), transient=False,
+            TextColumn("[bold]model"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[files]}"),
+            console=Console(stderr=True),
+            transient=False,
         )
         self.task = self.progress.add_task("fetch", total=total, files=f"0/{files} files")
 

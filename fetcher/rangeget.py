@@ -197,11 +197,11 @@ class _Conn(asyncio.BufferedProtocol):
     def _on_error_bytes(self) -> None:
         length = self.headers.get("content-length")
         chunked = "chunked" in self.headers.get("transfer-encoding", "")
-        if length is not None and self.pos >= int(length):
-            self._finish_error()
-        elif chunked and self.buf.find(b"0\r\n\r\n", 0, self.pos) >= 0:
-            self._finish_error()
-        elif self.pos >= _MAX_ERROR_BODY:
+        if (
+            (length is not None and self.pos >= int(length))
+            or (chunked and self.buf.find(b"0\r\n\r\n", 0, self.pos) >= 0)
+            or self.pos >= _MAX_ERROR_BODY
+        ):
             self._finish_error()
 
     def _finish_error(self) -> None:
@@ -322,7 +322,8 @@ class RangeGetter:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: _Conn(loop, self.read_timeout),
-                    host, port,
+                    host,
+                    port,
                     ssl=self.ssl_context if tls else None,
                     server_hostname=host if tls else None,
                 )
@@ -334,11 +335,13 @@ class RangeGetter:
         except ssl.SSLError as exc:
             raise SourceUnreachable(f"TLS error with {host}:{port}: {exc.reason}") from exc
         except TimeoutError as exc:
-            raise TransientSourceError(f"connect to {host}:{port} timed out",
-                                       reason="connect_timeout") from exc
+            raise TransientSourceError(
+                f"connect to {host}:{port} timed out", reason="connect_timeout"
+            ) from exc
         except (socket.gaierror, OSError) as exc:
-            raise TransientSourceError(f"cannot connect to {host}:{port}: {exc.strerror or exc}",
-                                       reason="connect") from exc
+            raise TransientSourceError(
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}", reason="connect"
+            ) from exc
         sock = conn.transport.get_extra_info("socket") if conn.transport else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -367,7 +370,9 @@ def tls_context(verify: bool, ca_bundle: str | None) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
+    return (
+        ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
+    )
 
 
 __all__ = ["BUF_SIZE", "RangeGetter", "RangeRequest", "Sink", "SourceError", "tls_context"]

@@ -38,10 +38,23 @@ from .errors import (
     TransientSourceError,
 )
 
-_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
-                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException"}
-_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                 "ExpiredToken", "InvalidToken", "AllAccessDisabled"}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+}
+_DENIED_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+}
 _MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
 
 
@@ -79,8 +92,10 @@ def map_boto_error(exc: BaseException, what: str, endpoint: str | None) -> Fetch
     if isinstance(exc, ClientError):
         return map_client_error(exc, what)
     if isinstance(exc, SSLError | ssl.SSLError):
-        return SourceUnreachable(f"TLS error talking to {endpoint}: {_short(exc)} "
-                                 "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)")
+        return SourceUnreachable(
+            f"TLS error talking to {endpoint}: {_short(exc)} "
+            "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
+        )
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
         return SourceUnreachable(f"cannot reach {endpoint}: {_short(exc)}")
     if isinstance(exc, NoCredentialsError):
@@ -164,16 +179,18 @@ class Source:
                     key = str(item["Key"])
                     if key.endswith("/") and int(item["Size"]) == 0:
                         continue  # a "directory marker", not a file
-                    yield RemoteObject(key, key[len(prefix):], int(item["Size"]),
-                                       str(item.get("ETag", "")))
+                    yield RemoteObject(
+                        key, key[len(prefix) :], int(item["Size"]), str(item.get("ETag", ""))
+                    )
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._map(exc, f"list {where}") from exc
 
     async def head_checksums(self, key: str) -> Mapping[str, str]:
         """S3's own full-object checksums of `key` (ChecksumMode=ENABLED), if it has any."""
         try:
-            resp = await self._client.head_object(Bucket=self.bucket, Key=key,
-                                                  ChecksumMode="ENABLED")
+            resp = await self._client.head_object(
+                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+            )
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._map(exc, f"head s3://{self.bucket}/{key}") from exc
         names = ("ChecksumSHA256", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1")
@@ -202,11 +219,42 @@ class Source:
             raise self._map(exc, f"presign s3://{self.bucket}/{key}") from exc
         return url
 
-    @property
-    def client(self) -> Any:
-        """The raw client, for `publish` (which maps its own errors through `map_boto_error`)."""
-        return self._client
+    async def _call(self, what: str, method: str, **params: Any) -> Any:
+        try:
+            return await getattr(self._client, method)(Bucket=self.bucket, **params)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise self._map(exc, f"{what} s3://{self.bucket}/{params.get('Key', '')}") from exc
 
+    async def head(self, key: str) -> Mapping[str, Any] | None:
+        """HEAD `key`, or None when there is no such object."""
+        try:
+            resp: Mapping[str, Any] = await self._call("head", "head_object", Key=key)
+        except ObjectNotFound:
+            return None
+        return resp
 
-def is_source_error(exc: BaseException) -> bool:
-    return isinstance(exc, SourceError)
+    async def put(self, key: str, data: bytes, meta: Mapping[str, str]) -> None:
+        await self._call("put", "put_object", Key=key, Body=data, Metadata=dict(meta))
+
+    async def create_multipart(self, key: str, meta: Mapping[str, str]) -> str:
+        resp = await self._call("upload", "create_multipart_upload", Key=key, Metadata=dict(meta))
+        return str(resp["UploadId"])
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        resp = await self._call(
+            "upload", "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        return str(resp["ETag"])
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]
+        await self._call(
+            "upload",
+            "complete_multipart_upload",
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._call("abort upload", "abort_multipart_upload", Key=key, UploadId=upload_id)

@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .progress import Progress
 from .rangeget import RangeGetter, RangeRequest, tls_context
 from .source import RemoteObject, Source
-from .verify import xxh3_range
+from .verify import file_digests, xxh3_range
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
 _BACKOFF_BASE, _BACKOFF_CAP = 0.2, 10.0
@@ -60,6 +60,8 @@ class Expected:
     part_size: int | None = None
     parts: tuple[str, ...] = ()
     source: str = "none"  # manifest, s3:<algorithm>, none
+    s3_algorithm: str | None = None  # sha256, sha1, crc32: S3's full-object checksum
+    s3_value: str | None = None  # base64, as S3 returns it
 
 
 @dataclass(slots=True)
@@ -103,8 +105,9 @@ OnCommit = Callable[[str, FileState], Awaitable[None]]
 
 
 class Transfer:
-    def __init__(self, cfg: Config, source: Source, cache: Cache, metrics: Metrics,
-                 progress: Progress) -> None:
+    def __init__(
+        self, cfg: Config, source: Source, cache: Cache, metrics: Metrics, progress: Progress
+    ) -> None:
         self.cfg, self.source, self.cache = cfg, source, cache
         self.metrics, self.progress = metrics, progress
         self.inflight = asyncio.Semaphore(cfg.concurrency)
@@ -129,8 +132,8 @@ class Transfer:
                 await self._recheck_resumed(partial, job)
                 parts = [p for p in plan_parts(obj.size, part_size) if p.index not in partial.done]
                 await run_all(self._fetch_part(job, p, partial) for p in parts)
-                digest = await asyncio.to_thread(_finish, partial)
-                _check_whole(job, digest)
+                digest, s3_sum = await asyncio.to_thread(_finish, partial, job.expected)
+                _check_whole(job, digest, s3_sum)
                 mtime_ns = self.cache.commit(partial, obj.rel)
             except IntegrityError:
                 self.metrics.files["failed"].inc()
@@ -160,8 +163,12 @@ class Transfer:
             else:
                 self.progress.resumed(part.length)
         if partial.done:
-            log.event("resume", f"resuming {job.obj.rel}: {len(partial.done)} parts kept",
-                      file=job.obj.rel, parts_kept=len(partial.done))
+            log.event(
+                "resume",
+                f"resuming {job.obj.rel}: {len(partial.done)} parts kept",
+                file=job.obj.rel,
+                parts_kept=len(partial.done),
+            )
 
     async def _fetch_part(self, job: Job, part: Part, partial: Partial) -> None:
         expected = job.expected.parts[part.index] if job.expected.parts else None
@@ -174,8 +181,13 @@ class Transfer:
             failures += 1
             self.metrics.checksum_failures.inc()
             self.progress.add(-max(part.length, 0))
-            log.warning("part_checksum", f"{job.obj.rel} part {part.index} failed its checksum",
-                        file=job.obj.rel, part=part.index, attempt=failures)
+            log.warning(
+                "part_checksum",
+                f"{job.obj.rel} part {part.index} failed its checksum",
+                file=job.obj.rel,
+                part=part.index,
+                attempt=failures,
+            )
             if failures >= self.cfg.retries:
                 raise ChecksumMismatch(job.obj.rel, expected, digest, what=f"part {part.index} of")
 
@@ -226,18 +238,20 @@ class Transfer:
         return url
 
 
-def _finish(partial: Partial) -> str:
+def _finish(partial: Partial, expected: Expected) -> tuple[str, str | None]:
     """In a thread: make the bytes durable, hash the whole file, release its page cache."""
     partial.sync()
-    digest = xxh3_range(partial.fd, 0, partial.size)
+    digests = file_digests(partial.fd, partial.size, expected.s3_algorithm)
     partial.drop_page_cache()
-    return digest
+    return digests
 
 
-def _check_whole(job: Job, digest: str) -> None:
-    want = job.expected.xxh3
-    if want is not None and digest != want:
-        raise ChecksumMismatch(job.obj.rel, want, digest)
+def _check_whole(job: Job, digest: str, s3_sum: str | None) -> None:
+    want = job.expected
+    if want.xxh3 is not None and digest != want.xxh3:
+        raise ChecksumMismatch(job.obj.rel, want.xxh3, digest)
+    if want.s3_value is not None and s3_sum != want.s3_value:
+        raise ChecksumMismatch(job.obj.rel, f"{want.s3_algorithm} {want.s3_value}", str(s3_sum))
 
 
 def _is_https(endpoint: str | None) -> bool:

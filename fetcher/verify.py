@@ -10,10 +10,13 @@ with the file size, never the weights: a truncated or padded shard is refused in
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import os
 import stat
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -314,3 +317,40 @@ def check_model(model_dir: Path, files: Iterable[str]) -> None:
         if rel.endswith(".safetensors"):
             check_safetensors(model_dir / rel, rel)
     check_index(model_dir, files)
+
+
+# --- S3 checksums ----------------------------------------------------------------------------
+
+
+def file_digests(fd: int, size: int, extra: str | None = None) -> tuple[str, str | None]:
+    """xxh3-128 hex of the whole file and, in the same pass, S3's checksum `extra`
+    (sha256, sha1 or crc32), base64-encoded as S3 reports it."""
+    h = xxhash.xxh3_128()
+    other: Any = _s3_hasher(extra) if extra else None
+    view = memoryview(bytearray(max(1, min(size, HASH_BLOCK))))
+    done = 0
+    while done < size:
+        n = _pread_into(fd, view[: min(len(view), size - done)], done)
+        if n == 0:
+            raise CacheError(f"file ended at {done} of {size} bytes while hashing")
+        h.update(view[:n])
+        if other is not None:
+            other.update(view[:n])
+        done += n
+    digest: str = h.hexdigest()
+    return digest, (base64.b64encode(other.digest()).decode() if other is not None else None)
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: memoryview) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+def _s3_hasher(algorithm: str) -> Any:
+    return _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)

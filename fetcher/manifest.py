@@ -1,0 +1,113 @@
+"""`.model-manifest.json`: what `publish` promises and `fetch` checks, per file and per part.
+
+    {"format": "model-fetcher-manifest", "version": 1, "hash": "xxh3-128",
+     "files": [{"path": "model-00001-of-00003.safetensors", "size": 4294967296,
+                "xxh3": "<32 hex>", "part_size": 33554432, "parts": ["<32 hex>", ...]}]}
+
+A manifest that does not parse or contradicts itself is an integrity error: it is the source of
+truth, so a broken one must stop the fetch rather than be ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .cache import safe_rel
+from .errors import IntegrityError, UnsafeKey
+
+MANIFEST_NAME = ".model-manifest.json"
+FORMAT = "model-fetcher-manifest"
+VERSION = 1
+_HEX128 = re.compile(r"[0-9a-f]{32}")
+
+
+class ManifestError(IntegrityError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFile:
+    path: str
+    size: int
+    xxh3: str
+    part_size: int
+    parts: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "xxh3": self.xxh3,
+            "part_size": self.part_size,
+            "parts": list(self.parts),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    files: list[ManifestFile]
+
+    def dumps(self) -> str:
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "hash": "xxh3-128",
+            "files": [f.to_json() for f in self.files],
+        }
+        return json.dumps(doc, indent=1)
+
+    def by_path(self) -> dict[str, ManifestFile]:
+        return {f.path: f for f in self.files}
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> Manifest:
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ManifestError(f"{MANIFEST_NAME}: not a model-fetcher manifest")
+        if doc.get("version") != VERSION:
+            raise ManifestError(f"{MANIFEST_NAME}: unsupported version {doc.get('version')!r}")
+        files = doc.get("files")
+        if not isinstance(files, list):
+            raise ManifestError(f"{MANIFEST_NAME}: 'files' must be a list")
+        parsed = [_file(entry) for entry in files]
+        if len({f.path for f in parsed}) != len(parsed):
+            raise ManifestError(f"{MANIFEST_NAME}: a path is listed twice")
+        return cls(parsed)
+
+
+def _file(entry: object) -> ManifestFile:
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{MANIFEST_NAME}: a file entry is not an object")
+    path, size, digest = entry.get("path"), entry.get("size"), entry.get("xxh3")
+    part_size, parts = entry.get("part_size"), entry.get("parts")
+    if not isinstance(path, str):
+        raise ManifestError(f"{MANIFEST_NAME}: an entry has no path")
+    try:
+        safe_rel(path)
+    except UnsafeKey as exc:
+        raise ManifestError(f"{MANIFEST_NAME}: {exc}") from exc
+    if not (_is_count(size) and _is_count(part_size) and _is_hex(digest)):
+        raise ManifestError(f"{MANIFEST_NAME}: malformed entry for {path}")
+    if not isinstance(parts, list) or not all(_is_hex(p) for p in parts):
+        raise ManifestError(f"{MANIFEST_NAME}: malformed part hashes for {path}")
+    size, part_size, digest = int(str(size)), int(str(part_size)), str(digest)
+    if part_size == 0 or len(parts) != -(-size // part_size):
+        raise ManifestError(
+            f"{MANIFEST_NAME}: {path} has {len(parts)} part hashes "
+            f"for {size} bytes in parts of {part_size}"
+        )
+    return ManifestFile(path, size, digest, part_size, tuple(str(p) for p in parts))
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_hex(v: object) -> bool:
+    return isinstance(v, str) and bool(_HEX128.fullmatch(v))

@@ -1,0 +1,138 @@
+"""`publish LOCAL_DIR s3://bucket/prefix/`: upload a model and its checksum manifest.
+
+The manifest (`.model-manifest.json`) is written last, so a reader that finds it knows every
+file it names is already in place. Each file's xxh3-128 is also stored as object metadata,
+which lets a re-run skip files the bucket already holds with the same size and checksum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import log
+from .config import Config
+from .errors import CacheError, FetchError
+from .manifest import MANIFEST_NAME, Manifest, ManifestFile
+from .source import Source
+from .transfer import run_all
+from .verify import part_hashes
+
+_MIN_UPLOAD_PART = 8 << 20  # S3 multipart parts must be >= 5 MiB (all but the last)
+_UPLOAD_BUFFER = 256 << 20  # bytes of parts held in memory at once, whatever the model size
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    path: Path
+    rel: str
+    size: int
+
+
+def local_files(root: Path) -> list[LocalFile]:
+    """Regular files under root, in a stable order; links and our own state are skipped."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel.split("/")[0] == ".fetcher" or rel == MANIFEST_NAME:
+            continue
+        if path.is_file() and not path.is_symlink():
+            found.append(LocalFile(path, rel, path.stat().st_size))
+    if not found:
+        raise CacheError(f"nothing to publish in {root}")
+    return found
+
+
+async def publish(cfg: Config) -> int:
+    assert cfg.local_dir is not None
+    started = time.monotonic()
+    files = local_files(cfg.local_dir)
+    async with Source(cfg) as src:
+        up = _Uploader(cfg, src)
+        entries = await asyncio.gather(*(up.hash(f) for f in files))
+        await run_all(up.upload_if_needed(f, e) for f, e in zip(files, entries, strict=True))
+        manifest = Manifest(files=list(entries))
+        await src.put(cfg.prefix + MANIFEST_NAME, manifest.dumps().encode(), {})
+    took = time.monotonic() - started
+    log.event(
+        "published",
+        f"published {len(files)} files to s3://{cfg.bucket}/{cfg.prefix}",
+        files=len(files),
+        uploaded=up.uploaded,
+        skipped=up.skipped,
+        bytes=sum(f.size for f in files),
+        duration_s=round(took, 3),
+    )
+    return 0
+
+
+class _Uploader:
+    def __init__(self, cfg: Config, src: Source) -> None:
+        self.cfg, self.src = cfg, src
+        self.part_size = max(cfg.part_size, _MIN_UPLOAD_PART)
+        self.parts_inflight = asyncio.Semaphore(max(1, _UPLOAD_BUFFER // self.part_size))
+        self.hashing = asyncio.Semaphore(os.cpu_count() or 2)
+        self.uploaded = self.skipped = 0
+
+    async def hash(self, f: LocalFile) -> ManifestFile:
+        async with self.hashing:
+            whole, parts = await asyncio.to_thread(part_hashes, f.path, self.cfg.part_size)
+        return ManifestFile(f.rel, f.size, whole, self.cfg.part_size, tuple(parts))
+
+    async def upload_if_needed(self, f: LocalFile, entry: ManifestFile) -> None:
+        key = self.cfg.prefix + f.rel
+        if await self._already_there(key, entry):
+            self.skipped += 1
+            return
+        meta = {"xxh3": entry.xxh3}
+        if f.size <= self.part_size:
+            data = await asyncio.to_thread(f.path.read_bytes)
+            await self.src.put(key, data, meta)
+        else:
+            await self._multipart(f, key, meta)
+        self.uploaded += 1
+        log.event("file_published", f"uploaded {f.rel}", file=f.rel, bytes=f.size)
+
+    async def _already_there(self, key: str, entry: ManifestFile) -> bool:
+        head = await self.src.head(key)
+        if head is None:
+            return False
+        same_size = int(head.get("ContentLength", -1)) == entry.size
+        return same_size and head.get("Metadata", {}).get("xxh3") == entry.xxh3
+
+    async def _multipart(self, f: LocalFile, key: str, meta: dict[str, str]) -> None:
+        upload_id = await self.src.create_multipart(key, meta)
+        try:
+            etags = await self._upload_parts(f, key, upload_id)
+            await self.src.complete_multipart(key, upload_id, etags)
+        except BaseException:
+            await self._abort(key, upload_id)
+            raise
+
+    async def _upload_parts(self, f: LocalFile, key: str, upload_id: str) -> list[str]:
+        count = (f.size + self.part_size - 1) // self.part_size
+        etags: list[str] = [""] * count
+
+        async def one(index: int) -> None:
+            async with self.parts_inflight:
+                offset = index * self.part_size
+                data = await asyncio.to_thread(_read_at, f.path, offset, self.part_size)
+                etags[index] = await self.src.upload_part(key, upload_id, index + 1, data)
+
+        await run_all(one(i) for i in range(count))
+        return etags
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self.src.abort_multipart(key, upload_id)
+        except FetchError:
+            log.warning("abort_failed", f"could not abort the multipart upload of {key}")
+
+
+def _read_at(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(length)

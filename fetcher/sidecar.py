@@ -1,0 +1,81 @@
+"""`model-fetcher sidecar`: fetch, then keep serving /metrics, /healthz and /readyz.
+
+For a Kubernetes native sidecar (an init container with `restartPolicy: Always`): its
+`/readyz` gates the serving container, and its metrics stay scrapeable for the pod's life.
+It never changes files under a running server; with FETCH_WATCH_INTERVAL it only re-lists
+the prefix and reports drift in `model_fetcher_remote_drift_files`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import CollectorRegistry
+
+from . import log
+from .cache import Cache
+from .cli import publish_metrics, with_deadline
+from .config import Config
+from .errors import FetchError
+from .metrics import Metrics, MetricsServer
+from .pipeline import Fetch, selected, summary
+from .source import Source
+
+DEFAULT_PORT = 9090
+
+
+async def sidecar(cfg: Config) -> int:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, cfg.bucket, cfg.prefix)
+    port = DEFAULT_PORT if cfg.metrics_port is None else cfg.metrics_port
+    async with MetricsServer(port, metrics, cfg.metrics_host) as server:
+        started = time.monotonic()
+        try:
+            outcome = await with_deadline(cfg, Fetch(cfg, metrics).run())
+        except FetchError:
+            metrics.finish(False, started)
+            await asyncio.to_thread(publish_metrics, cfg, registry)
+            raise
+        metrics.up.set(1)
+        metrics.finish(True, started)
+        summary(outcome, started)
+        await asyncio.to_thread(publish_metrics, cfg, registry)
+        server.ready = True
+        log.event(
+            "ready", "model ready; serving health and metrics until stopped", port=server.port
+        )
+        try:
+            await _watch(cfg, metrics)
+        except asyncio.CancelledError:
+            log.event("stopping", "stop signal received; the model stays in place")
+            return 0
+    return 0
+
+
+async def _watch(cfg: Config, metrics: Metrics) -> None:
+    if cfg.watch_interval is None:
+        await asyncio.Event().wait()  # until cancelled by SIGTERM
+    assert cfg.watch_interval is not None
+    while True:
+        await asyncio.sleep(cfg.watch_interval)
+        try:
+            drift = await remote_drift(cfg)
+        except FetchError as exc:
+            log.warning("watch_failed", f"could not re-list the prefix: {exc}")
+            continue
+        metrics.drift.set(drift)
+        if drift:
+            log.warning(
+                "drift", f"{drift} files differ between the bucket and the cache", files=drift
+            )
+
+
+async def remote_drift(cfg: Config) -> int:
+    """Files new, changed or gone in the bucket compared with what the cache holds."""
+    state = Cache(cfg.dest).load_state()
+    async with Source(cfg) as src:
+        listing = selected(await src.list_prefix(cfg.prefix), cfg.include, cfg.exclude)
+    remote = {o.rel: (o.size, o.etag) for o in listing}
+    local = {rel: (fs.size, fs.etag) for rel, fs in state.files.items()}
+    return sum(1 for rel in remote.keys() | local.keys() if remote.get(rel) != local.get(rel))
