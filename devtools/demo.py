@@ -34,10 +34,18 @@ def say(text: str) -> None:
 
 def pod_env(server: SeaweedServer, metrics: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_"))}
-    return {**keep, "MINIO_ENDPOINT": server.endpoint, "MINIO_BUCKET": BUCKET,
-            "MODEL_PREFIX": PREFIX, "MODEL_CACHE_DIR": str(CACHE),
-            "MINIO_ACCESS_KEY": server.access_key, "MINIO_SECRET_KEY": server.secret_key,
-            "LOG_FORMAT": "text", "FETCH_PROGRESS": "0", "METRICS_TEXTFILE": str(metrics)}
+    return {
+        **keep,
+        "MINIO_ENDPOINT": server.endpoint,
+        "MINIO_BUCKET": BUCKET,
+        "MODEL_PREFIX": PREFIX,
+        "MODEL_CACHE_DIR": str(CACHE),
+        "MINIO_ACCESS_KEY": server.access_key,
+        "MINIO_SECRET_KEY": server.secret_key,
+        "LOG_FORMAT": "text",
+        "FETCH_PROGRESS": "0",
+        "METRICS_TEXTFILE": str(metrics),
+    }
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[int, float]:
@@ -61,26 +69,38 @@ def demo(server: SeaweedServer, work: Path) -> None:
     write_sample_model(work / "model", 300 * 10**6, shards=3)
     env = pod_env(server, work / "metrics.prom")
     say(f"model-fetcher publish -> s3://{BUCKET}/{PREFIX}")
-    check(subprocess.call([*FETCHER, "publish", str(work / "model"), f"s3://{BUCKET}/{PREFIX}"],
-                          env=env))
+    check(
+        subprocess.call(
+            [*FETCHER, "publish", str(work / "model"), f"s3://{BUCKET}/{PREFIX}"], env=env
+        )
+    )
     shutil.rmtree(CACHE, ignore_errors=True)
     serve = [sys.executable, "-m", "devtools.serve_standin", str(CACHE)]
     say(f"cold start: fetch into {CACHE}, then exec the serving stand-in")
     code, took = run([*FETCHER, "--", *serve], env)
     check(code)
-    print(f"[demo] cold start took {took:.2f}s, {downloaded(work / 'metrics.prom'):.0f} bytes "
-          "downloaded; the server above reports the same pid as model-fetcher (exec)")
+    print(
+        f"[demo] cold start took {took:.2f}s, {downloaded(work / 'metrics.prom'):.0f} bytes "
+        "downloaded; the server above reports the same pid as model-fetcher (exec)"
+    )
     say("warm start: same command again")
     code, took = run([*FETCHER, "--", *serve], env)
     check(code)
-    print(f"[demo] warm start took {took:.2f}s for the whole process, "
-          f"{downloaded(work / 'metrics.prom'):.0f} bytes downloaded (one LIST, no GET)")
+    print(
+        f"[demo] warm start took {took:.2f}s for the whole process, "
+        f"{downloaded(work / 'metrics.prom'):.0f} bytes downloaded (one LIST, no GET)"
+    )
     say("model-fetcher verify --full (no network)")
-    check(subprocess.call([*FETCHER, "verify", str(CACHE), "--full"], env=env,
-                          stdout=subprocess.DEVNULL))
+    check(
+        subprocess.call(
+            [*FETCHER, "verify", str(CACHE), "--full"], env=env, stdout=subprocess.DEVNULL
+        )
+    )
     status = json.loads(subprocess.check_output([*FETCHER, "status", str(CACHE)], env=env))
-    print(f"[demo] cache complete={status['complete']}: {status['file_count']} files, "
-          f"{status['total_bytes'] / 2**20:.1f} MiB")
+    print(
+        f"[demo] cache complete={status['complete']}: {status['file_count']} files, "
+        f"{status['total_bytes'] / 2**20:.1f} MiB"
+    )
 
 
 def check(code: int) -> None:

@@ -13,9 +13,20 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-
-_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4,
-             "I64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_ITEMSIZE = {
+    "BF16": 2,
+    "F16": 2,
+    "F32": 4,
+    "F64": 8,
+    "I8": 1,
+    "U8": 1,
+    "I16": 2,
+    "I32": 4,
+    "I64": 8,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def main(model_dir: str) -> int:
@@ -27,8 +38,11 @@ def main(model_dir: str) -> int:
                 tensor = f.get_slice(name)  # numpy has no bfloat16: read shape and dtype
                 tensors += 1
                 total += math.prod(tensor.get_shape()) * _ITEMSIZE[tensor.get_dtype()]
-    print(f"[server] pid {os.getpid()}: loaded {tensors} tensors, {total / 2**20:.1f} MiB "
-          f"from {len(shards)} shards in {model_dir}", flush=True)
+    print(
+        f"[server] pid {os.getpid()}: loaded {tensors} tensors, {total / 2**20:.1f} MiB "
+        f"from {len(shards)} shards in {model_dir}",
+        flush=True,
+    )
     return 0 if shards else 1
 
 
