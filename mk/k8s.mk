@@ -17,7 +17,8 @@ CHECKOV_VERSION := 3.3.30
 # Native sidecars (initContainers with restartPolicy: Always) need Kubernetes >= 1.29.
 K8S_MIN_VERSION := 1.29.0
 K8S_KUSTOMIZATIONS := k8s/base k8s/secret-template k8s/monitoring \
-	$(patsubst %/,%,$(sort $(dir $(wildcard k8s/overlays/*/kustomization.yaml))))
+	$(patsubst %/,%,$(sort $(dir $(wildcard k8s/overlays/*/kustomization.yaml)))) \
+	$(patsubst %/,%,$(sort $(dir $(wildcard k8s/examples/*/kustomization.yaml))))
 DOCKERFILES     := container/Dockerfile container/vllm-runtime.Dockerfile
 
 IMAGE           ?= model-fetcher:dev

@@ -23,8 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 CONTAINER = ROOT / "container"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+EXAMPLES = sorted(p.parent.name for p in (K8S / "examples").glob("*/kustomization.yaml"))
 # Every directory that builds on its own (components only build inside an overlay).
-KUSTOMIZATIONS = ["base", "secret-template", "monitoring", *(f"overlays/{o}" for o in OVERLAYS)]
+KUSTOMIZATIONS = [
+    "base",
+    "secret-template",
+    "monitoring",
+    *(f"overlays/{o}" for o in OVERLAYS),
+    *(f"examples/{e}" for e in EXAMPLES),
+]
 FETCHER_IMAGE = "registry.example.com/platform/model-fetcher"
 
 Doc = dict[str, Any]
@@ -129,5 +136,7 @@ def fetcher_containers(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
             continue
         spec = pod_spec(doc)
         for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-            if c["image"].startswith(FETCHER_IMAGE) and argv_of(c)[0] == "model-fetcher":
+            # Any registry: overlays of users set their own with `images:`.
+            repository = c["image"].rpartition(":")[0]
+            if repository.endswith("/model-fetcher") and argv_of(c)[0] == "model-fetcher":
                 yield doc, c

@@ -7,16 +7,21 @@ output, field by field.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .manifests import (
     FETCHER_IMAGE,
+    K8S,
     KUSTOMIZATIONS,
     OVERLAYS,
     Doc,
     argv_of,
+    build,
     fetcher_containers,
     fetcher_entrypoint,
     only,
@@ -272,6 +277,42 @@ def test_networkpolicy_covers_the_fetching_pods(built: dict[str, list[Doc]], ove
     for rule in rules:
         for peer in rule["to"]:
             assert "ipBlock" not in peer and peer["podSelector"]["matchLabels"]
+
+
+def test_example_custom_model_reaches_every_fetcher(built: dict[str, list[Doc]]) -> None:
+    docs = built["examples/custom-model"]
+    ((workload, fetcher),) = fetcher_containers(docs)
+    assert fetcher["image"] == "harbor.internal.example/ml/model-fetcher:0.1.0"
+    env = env_of(fetcher)
+    assert env["MODEL_PREFIX"] == "llama-3.1-8b-instruct/bf16/"
+    # Merged by name: the rest of the pod env is untouched.
+    assert env["MINIO_BUCKET"] == "llm-models" and "MINIO_SECRET_KEY" in env
+    (server,) = pod_spec(workload)["containers"]
+    assert "--served-model-name=llama-3.1-8b-instruct" in server["args"]
+    assert only(docs, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "40Gi"
+
+
+def test_example_shared_cache_uses_the_lease(built: dict[str, list[Doc]]) -> None:
+    docs = built["examples/shared-cache-rwx"]
+    ((deploy, fetcher),) = fetcher_containers(docs)
+    assert deploy["spec"]["replicas"] > 1
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert only(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+    env = env_of(fetcher)
+    # The lease names its holder by pod: every replica must have its own identity.
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert int(env["FETCH_LEASE_TTL"]) > 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_image_override_reaches_every_fetcher_container(tmp_path: Path, overlay: str) -> None:
+    """A user's `images:` reaches the ClusterStorageContainer too (kustomizeconfig.yaml)."""
+    image = {"name": FETCHER_IMAGE, "newName": "harbor.example/ml/model-fetcher", "newTag": "9"}
+    resource = os.path.relpath(K8S / "overlays" / overlay, tmp_path)
+    doc = {"resources": [resource], "images": [image]}
+    (tmp_path / "kustomization.yaml").write_text(json.dumps(doc))
+    found = list(fetcher_containers(build(str(tmp_path))))
+    assert found and {c["image"] for _, c in found} == {"harbor.example/ml/model-fetcher:9"}
 
 
 def test_workloads_share_one_namespace(built: dict[str, list[Doc]]) -> None:

@@ -19,6 +19,7 @@ paths answer 200 and SIGTERM ends the process with 0.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -367,14 +368,41 @@ def new_pod(workload: Doc, s3: S3, tmp_path: Path) -> Pod:
     return Pod(f"{workload['metadata']['name']}-7d9f-x2k4q", spec, tmp_path, s3)
 
 
-@pytest.mark.parametrize("overlay", ["kserve-inferenceservice", "vllm-deployment"])
-def test_init_container_fetches_the_model(s3: S3, tmp_path: Path, overlay: str) -> None:
-    ((workload, container),) = fetcher_containers(build(f"overlays/{overlay}"))
+@pytest.mark.parametrize(
+    "kustomization",
+    ["overlays/kserve-inferenceservice", "overlays/vllm-deployment", "examples/custom-model"],
+)
+def test_init_container_fetches_the_model(s3: S3, tmp_path: Path, kustomization: str) -> None:
+    ((workload, container),) = fetcher_containers(build(kustomization))
     pod = new_pod(workload, s3, tmp_path)
     run = prepare(pod, container)
     run_to_completion(run)
     # A restarted pod finds the cache warm and succeeds again.
     run_to_completion(run)
+
+
+def test_replicas_on_a_shared_cache_all_start(s3: S3, tmp_path: Path) -> None:
+    """examples/shared-cache-rwx: every replica's init container, at once, on one volume."""
+    ((workload, container),) = fetcher_containers(build("examples/shared-cache-rwx"))
+    replicas = workload["spec"]["replicas"]
+    runs, procs = [], []
+    for i in range(replicas):
+        pod = new_pod(workload, s3, tmp_path)  # same root: the volume is shared
+        pod.name = f"{workload['metadata']['name']}-7d9f-{i:05d}"
+        run = prepare(pod, container)
+        runs.append(run)
+        log = (tmp_path / f"replica-{i}.log").open("wb")
+        with log:
+            procs.append(subprocess.Popen(run.argv, env=run.env, stdout=log, stderr=log))
+    codes = [p.wait(timeout=180) for p in procs]
+    logs = [(tmp_path / f"replica-{i}.log").read_text() for i in range(replicas)]
+    assert codes == [0] * replicas, "\n".join(logs)
+    assert len({r.dest for r in runs}) == 1
+    assert_landed(runs[0], "\n".join(logs))
+    # The lease (POD_NAME as holder) makes it one download per cache, not per replica.
+    done = [json.loads(ln) for log in logs for ln in log.splitlines() if '"event":"done"' in ln]
+    assert len(done) == replicas
+    assert sum(d["files_fetched"] for d in done) == len(runs[0].model), "\n".join(logs)
 
 
 def test_kserve_storage_initializer_fetches_src_uri_to_dest(s3: S3, tmp_path: Path) -> None:
