@@ -292,6 +292,28 @@ def test_example_custom_model_reaches_every_fetcher(built: dict[str, list[Doc]])
     assert only(docs, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "40Gi"
 
 
+def test_example_kserve_custom_model(built: dict[str, list[Doc]]) -> None:
+    docs = built["examples/kserve-custom-model"]
+    ((isvc, fetcher),) = fetcher_containers(docs)
+    assert env_of(fetcher)["MODEL_PREFIX"] == "llama-3.1-8b-instruct/bf16/"
+    args = isvc["spec"]["predictor"]["containers"][0]["args"]
+    assert "--served-model-name=llama-3.1-8b-instruct" in args
+
+
+def test_example_storage_uri_is_served_by_model_fetcher(built: dict[str, list[Doc]]) -> None:
+    isvc = only(built["examples/kserve-storage-uri"], "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    uri = predictor["model"]["storageUri"]
+    csc = only(built["overlays/kserve-storage-initializer"], "ClusterStorageContainer")
+    assert any(uri.startswith(f["prefix"]) for f in csc["spec"]["supportedUriFormats"])
+    accounts = [d for d in built["secret-template"] if d["kind"] == "ServiceAccount"]
+    (account,) = [a for a in accounts if a["metadata"]["name"] == predictor["serviceAccountName"]]
+    secrets = {d["metadata"]["name"]: d for d in built["secret-template"] if d["kind"] == "Secret"}
+    for ref in account["secrets"]:
+        annotations = secrets[ref["name"]]["metadata"]["annotations"]
+        assert annotations["serving.kserve.io/s3-endpoint"].startswith("model-storage-hl.")
+
+
 def test_example_shared_cache_uses_the_lease(built: dict[str, list[Doc]]) -> None:
     docs = built["examples/shared-cache-rwx"]
     ((deploy, fetcher),) = fetcher_containers(docs)

@@ -38,7 +38,16 @@ import pytest
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, boto3_client, free_port, start_temporary
 
-from .manifests import CONTAINER, Doc, Dockerfile, argv_of, build, fetcher_containers, only
+from .manifests import (
+    CONTAINER,
+    KUSTOMIZATIONS,
+    Doc,
+    Dockerfile,
+    argv_of,
+    build,
+    fetcher_containers,
+    only,
+)
 
 CLUSTER_MINIO = "model-storage-hl.model-storage.svc.cluster.local:9000"
 KSERVE_MOUNT = "/mnt/models"  # where KServe mounts the model volume of its initializer
@@ -89,12 +98,21 @@ class S3:
 
 
 def all_models() -> set[tuple[str, str]]:
-    """(bucket, prefix) of every fetcher container in the overlays, and the KServe example."""
-    found = {("llm-models", "mistral-24b-full/fp16-2501/")}
-    for overlay in ("kserve-inferenceservice", "vllm-deployment", "node-prewarm"):
-        for _, c in fetcher_containers(build(f"overlays/{overlay}")):
+    """(bucket, prefix) of every fetcher container in overlays and examples, and storageUris."""
+    found = set()
+    for k in KUSTOMIZATIONS:
+        docs = build(k)
+        for doc in docs:
+            if doc["kind"] != "InferenceService":
+                continue
+            uri = doc["spec"]["predictor"].get("model", {}).get("storageUri", "")
+            if uri.startswith("s3://"):
+                bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+                found.add((bucket, prefix))
+        for _, c in fetcher_containers(docs):
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
-            found.add((env["MINIO_BUCKET"], env["MODEL_PREFIX"]))
+            if "MODEL_PREFIX" in env:  # not the storage initializer: KServe passes its URI
+                found.add((env["MINIO_BUCKET"], env["MODEL_PREFIX"]))
     return found
 
 
@@ -370,7 +388,12 @@ def new_pod(workload: Doc, s3: S3, tmp_path: Path) -> Pod:
 
 @pytest.mark.parametrize(
     "kustomization",
-    ["overlays/kserve-inferenceservice", "overlays/vllm-deployment", "examples/custom-model"],
+    [
+        "overlays/kserve-inferenceservice",
+        "overlays/vllm-deployment",
+        "examples/custom-model",
+        "examples/kserve-custom-model",
+    ],
 )
 def test_init_container_fetches_the_model(s3: S3, tmp_path: Path, kustomization: str) -> None:
     ((workload, container),) = fetcher_containers(build(kustomization))
@@ -416,7 +439,8 @@ def test_kserve_storage_initializer_fetches_src_uri_to_dest(s3: S3, tmp_path: Pa
     ]
     pod = Pod("mistral-24b-predictor-6c5d-2fj8v", {"volumes": []}, tmp_path, s3)
     shutil.copy(s3.tls.ca, pod.volume_dir("cabundle-cert") / "cabundle.crt")
-    run = prepare(pod, container, ["s3://llm-models/mistral-24b-full/fp16-2501/", KSERVE_MOUNT])
+    isvc = only(build("examples/kserve-storage-uri"), "InferenceService")
+    run = prepare(pod, container, [isvc["spec"]["predictor"]["model"]["storageUri"], KSERVE_MOUNT])
     run_to_completion(run)
 
 
