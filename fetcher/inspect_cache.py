@@ -41,15 +41,21 @@ def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
     problems = [] if state.complete else ["the last fetch did not finish: the cache is incomplete"]
     workers = min(len(state.files), os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = pool.map(
-            lambda item: _check_file(cache, item[0], item[1], full), state.files.items()
+        checks = dict(
+            zip(
+                state.files,
+                pool.map(lambda kv: _check_file(cache, kv[0], kv[1], full), state.files.items()),
+                strict=True,
+            )
         )
-        problems += [p for p in checks if p]
-    if not problems:
-        try:
-            check_model(cache.dest, sorted(state.files))
-        except FetchError as exc:
-            problems.append(str(exc))
+    problems += [p for p in checks.values() if p]
+    # The model checks run even on an incomplete cache, over the files that passed, so the
+    # report names the shard a failed fetch refused (truncated, or missing from the index).
+    intact = sorted(rel for rel, problem in checks.items() if problem is None)
+    try:
+        check_model(cache.dest, intact)
+    except FetchError as exc:
+        problems.append(str(exc))
     return problems
 
 

@@ -19,7 +19,7 @@ from .errors import CacheError, FetchError
 from .manifest import MANIFEST_NAME, Manifest, ManifestFile
 from .source import Source
 from .transfer import run_all
-from .verify import part_hashes
+from .verify import check_model, part_hashes
 
 _MIN_UPLOAD_PART = 8 << 20  # S3 multipart parts must be >= 5 MiB (all but the last)
 _UPLOAD_BUFFER = 256 << 20  # bytes of parts held in memory at once, whatever the model size
@@ -50,6 +50,8 @@ async def publish(cfg: Config) -> int:
     assert cfg.local_dir is not None
     started = time.monotonic()
     files = local_files(cfg.local_dir)
+    # A shard a fetcher would refuse is refused here, before a single byte is uploaded.
+    await asyncio.to_thread(check_model, cfg.local_dir, [f.rel for f in files])
     async with Source(cfg) as src:
         up = _Uploader(cfg, src)
         entries = await asyncio.gather(*(up.hash(f) for f in files))
