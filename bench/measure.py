@@ -175,34 +175,45 @@ def _rss_bytes(pid: int) -> int:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+_PF_KTHREAD = 0x00200000
 
 
 @dataclass(frozen=True)
 class CpuClock:
-    """CPU seconds used so far by the whole machine (busy, all CPUs) and by the S3 server."""
+    """CPU seconds used so far by the S3 server and by every other user process (by pid).
 
-    machine_s: float
+    "Other" processes are everything but the server, this harness (whose children's time is the
+    tool's) and kernel threads; their CPU during a run is noise from outside the benchmark.
+    A process's time includes that of children it reaped, so short-lived ones are counted too.
+    """
+
     server_s: float
+    others: dict[tuple[int, int], float]  # (pid, start time) -> CPU seconds
 
     @staticmethod
     def read(server_pid: int | None) -> CpuClock:
-        return CpuClock(_machine_busy_s(), _process_cpu_s(server_pid) if server_pid else 0.0)
+        skip = {os.getpid(), server_pid}
+        stats = {pid: _proc_stat(pid) for pid in _pids()}
+        others = {
+            (pid, st[1]): st[0] for pid, st in stats.items() if st and pid not in skip and not st[2]
+        }
+        server = stats.get(server_pid) if server_pid else None
+        return CpuClock(server[0] if server else 0.0, others)
+
+    def other_since(self, before: CpuClock) -> float:
+        return sum(cpu - before.others.get(key, 0.0) for key, cpu in self.others.items())
 
 
-def _machine_busy_s() -> float:
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0
-    ticks = [int(f) for f in fields]
-    # user nice system idle iowait irq softirq steal: everything but idle and iowait
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / _TICK
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def _process_cpu_s(pid: int) -> float:
+def _proc_stat(pid: int) -> tuple[float, int, bool] | None:
+    """(utime+stime+cutime+cstime in seconds, start time, is a kernel thread)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (all threads)
+        return None
+    f = stat.rsplit(")", 1)[1].split()  # f[0] is field 3 (state)
+    cpu = sum(int(x) for x in f[11:15]) / _TICK
+    return cpu, int(f[19]), bool(int(f[6]) & _PF_KTHREAD)

@@ -12,8 +12,6 @@ from pathlib import Path
 from bench.runner import Run
 
 MIB, GIB = 2**20, 2**30
-_NCPU = os.cpu_count() or 1
-_NOISY = 0.10
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,8 @@ def summarize(runs: Sequence[Run], startup: dict[str, Summary] | None = None) ->
 
 def _summary(tool: str, runs: list[Run], startup: dict[str, Summary]) -> Summary:
     failed = next((r for r in runs if not r.ok), None)
-    measured = [r for r in runs if not r.warmup and r.ok] or [r for r in runs if r.ok]
+    kept = [r for r in runs if r.ok and not r.discarded]
+    measured = [r for r in kept if not r.warmup] or kept
     if failed or not measured:
         error = failed.error if failed else "no successful run"
         return Summary(tool, "FAILED", 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0, error)
@@ -67,7 +66,7 @@ def _summary(tool: str, runs: list[Run], startup: dict[str, Summary]) -> Summary
         cpu_s_per_gib_net=net,
         peak_rss_mib=max(r.peak_rss_mib for r in measured),
         server_cpu_s_per_gib=statistics.median(r.server_cpu_s for r in measured) / (size / GIB),
-        other_cpu_share=statistics.median(r.other_cpu_s / (r.wall_s * _NCPU) for r in measured),
+        other_cpu_share=statistics.median(r.other_cpu_share for r in measured),
         error=None,
     )
 
@@ -122,8 +121,8 @@ def _ratio(a: Summary, b: Summary) -> str:
     )
 
 
-def noise_warning(rows: Sequence[Summary]) -> str | None:
-    noisy = [r for r in rows if r.status == "ok" and r.other_cpu_share > _NOISY]
+def noise_warning(rows: Sequence[Summary], limit: float) -> str | None:
+    noisy = [r for r in rows if r.status == "ok" and r.other_cpu_share > limit]
     if not noisy:
         return None
     shares = ", ".join(f"{r.tool} {r.other_cpu_share:.0%}" for r in noisy)

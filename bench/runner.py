@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.dataset import Uploaded, digest_tree
@@ -23,6 +23,7 @@ from bench.tools import Source, Tool
 FETCHER_STATE = ".fetcher"  # model-fetcher's own directory inside the destination
 _DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 _LOG_TAIL = 15
+_NCPU = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,13 @@ class Run:
     tree_rss_mib: float
     sync_s: float
     server_cpu_s: float  # the S3 server's CPU during the run
-    other_cpu_s: float  # everything else on the machine: noise from other processes
+    other_cpu_s: float  # other processes on the machine: noise
+    other_cpu_share: float  # other_cpu_s over the machine's CPU capacity during the run
     exit_code: int | None
     ok: bool
     error: str | None
+    attempt: int = 0
+    discarded: bool = False  # disturbed by other processes, so run again
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -69,8 +73,8 @@ def drop_caches_possible() -> bool:
     return os.access(_DROP_CACHES, os.W_OK)
 
 
-def run_once(plan: Plan, tool: Tool, round_no: int, warmup: bool) -> Run:
-    name = f"{plan.phase}-r{round_no}-{_slug(tool.name)}"
+def run_once(plan: Plan, tool: Tool, round_no: int, warmup: bool, attempt: int = 0) -> Run:
+    name = f"{plan.phase}-r{round_no}-{_slug(tool.name)}" + (f"-a{attempt}" if attempt else "")
     dest, log = plan.workdir / "dest" / name, plan.workdir / "logs" / f"{name}.log"
     dest.mkdir(parents=True)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,8 @@ def run_once(plan: Plan, tool: Tool, round_no: int, warmup: bool) -> Run:
     sync_s = time.perf_counter() - sync_start
     error = _failure(m, plan, dest, log)
     shutil.rmtree(dest, ignore_errors=True)
-    return _record(plan, tool, round_no, warmup, m, sync_s, error, (before, after))
+    run = _record(plan, tool, round_no, warmup, m, sync_s, error, (before, after))
+    return replace(run, attempt=attempt)
 
 
 def _record(
@@ -98,7 +103,7 @@ def _record(
     clocks: tuple[CpuClock, CpuClock],
 ) -> Run:
     server_s = clocks[1].server_s - clocks[0].server_s
-    machine_s = clocks[1].machine_s - clocks[0].machine_s
+    other_s = clocks[1].other_since(clocks[0])
     return Run(
         phase=plan.phase,
         tool=tool.name,
@@ -114,7 +119,8 @@ def _record(
         tree_rss_mib=m.tree_rss_mib,
         sync_s=sync_s,
         server_cpu_s=server_s,
-        other_cpu_s=max(0.0, machine_s - server_s - m.cpu_s),
+        other_cpu_s=other_s,
+        other_cpu_share=other_s / (m.wall_s * _NCPU),
         exit_code=m.exit_code,
         ok=error is None,
         error=error,

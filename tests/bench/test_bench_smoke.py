@@ -34,7 +34,7 @@ def test_quick_run_writes_checked_results(tmp_path: Path) -> None:
         pytest.skip(reason)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "bench.run", "--quick", "--tools", ",".join(TOOLS)]
-    argv += ["--out", str(out), "--workdir", str(tmp_path)]
+    argv += ["--out", str(out), "--workdir", str(tmp_path), "--noise-retries", "0"]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=80, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     doc = json.loads((out / "latest.json").read_text())
