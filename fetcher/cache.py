@@ -181,9 +181,9 @@ class Cache:
         """Move a finished partial file to its final name; returns its mtime_ns."""
         path = self.ensure_parent(rel)
         with os_errors("move into place", path):
-            if path.is_symlink() or path.is_dir():
-                raise CacheError(f"refusing to replace {path}: it is a link or a directory")
-            os.replace(partial.path, path)
+            if path.is_dir() and not path.is_symlink():
+                raise CacheError(f"refusing to replace {path}: it is a directory")
+            os.replace(partial.path, path)  # replaces a link itself, never what it points to
             fsync_dir(path.parent)
             mtime_ns = os.stat(path).st_mtime_ns
         partial.forget()

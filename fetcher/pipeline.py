@@ -19,6 +19,7 @@ from .cache import Cache, FileState, State, safe_rel
 from .config import Config
 from .errors import CacheError, SourceUnreachable
 from .integrity import add_s3_checksums, load_manifest, manifest_jobs
+from .lease import CacheLease
 from .manifest import MANIFEST_NAME, Manifest
 from .metrics import Metrics
 from .progress import Progress
@@ -129,18 +130,19 @@ class Fetch:
 
     async def run(self) -> Outcome:
         self.cache.prepare()
-        state = self.cache.load_state()
-        async with Source(self.cfg) as src:
-            try:
-                listing = await src.list_prefix(self.cfg.prefix)
-            except SourceUnreachable as exc:
-                return self._offline(state, exc)
-            jobs = await self._jobs(src, listing)
-            plan = await make_plan(jobs, state, self.cache, self.cfg)
-            if not self.manifest and plan.fetch:
-                await add_s3_checksums(src, plan.fetch)
-            await self._apply(src, plan, state)
-        return Outcome(state, plan)
+        async with CacheLease(self.cache, self.cfg.identity, self.cfg.lease_ttl):
+            state = self.cache.load_state()
+            async with Source(self.cfg) as src:
+                try:
+                    listing = await src.list_prefix(self.cfg.prefix)
+                except SourceUnreachable as exc:
+                    return self._offline(state, exc)
+                jobs = await self._jobs(src, listing)
+                plan = await make_plan(jobs, state, self.cache, self.cfg)
+                if not self.manifest and plan.fetch:
+                    await add_s3_checksums(src, plan.fetch)
+                await self._apply(src, plan, state)
+            return Outcome(state, plan)
 
     async def _jobs(self, src: Source, listing: list[RemoteObject]) -> list[Job]:
         for obj in listing:
@@ -221,6 +223,12 @@ class Fetch:
             )
 
     def _log_start(self, plan: Plan) -> None:
+        if not self.cfg.tls_verify and (self.cfg.endpoint or "https").startswith("https"):
+            log.warning(
+                "tls_unverified",
+                "TLS certificate verification is OFF "
+                "(MINIO_TLS_VERIFY=false / S3_VERIFY_SSL=0): the server is not authenticated",
+            )
         log.event(
             "start",
             f"fetching {len(plan.fetch)} files ({_gib(plan.fetch_bytes)}), "

@@ -113,7 +113,7 @@ class _Conn(asyncio.BufferedProtocol):
             self._finish_error()
         elif self.state in ("head", "body"):
             self._flush()
-            self._fail(TransientSourceError(self._lost_message(exc), reason=self._lost_reason()))
+            self._fail(TransientSourceError(self._lost_message(exc), reason=self._lost_reason(exc)))
 
     # -- request ---------------------------------------------------------------------
     async def request(self, req: RangeRequest, sink: Sink) -> None:
@@ -235,7 +235,9 @@ class _Conn(asyncio.BufferedProtocol):
             return f"{key}: body ended {self.remaining} bytes early ({exc or 'EOF'})"
         return f"{key}: connection closed before the response ({exc or 'EOF'})"
 
-    def _lost_reason(self) -> str:
+    def _lost_reason(self, exc: Exception | None) -> str:
+        if exc is not None:
+            return "reset"
         return "short_body" if self.state == "body" else "reset"
 
 

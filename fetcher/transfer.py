@@ -20,7 +20,15 @@ import xxhash
 from . import log
 from .cache import Cache, FileState, Partial
 from .config import Config
-from .errors import ChecksumMismatch, FetchError, IntegrityError, TransientSourceError
+from .errors import (
+    ChecksumMismatch,
+    FetchError,
+    IntegrityError,
+    ObjectChanged,
+    ObjectNotFound,
+    RangeMismatch,
+    TransientSourceError,
+)
 from .metrics import Metrics
 from .progress import Progress
 from .rangeget import RangeGetter, RangeRequest, tls_context
@@ -124,27 +132,56 @@ class Transfer:
             self.getter.close()
 
     async def _fetch_file(self, job: Job, on_commit: OnCommit) -> None:
-        obj = job.obj
-        part_size = job.expected.part_size or self.cfg.part_size
         async with self.files_open:
-            partial = self.cache.open_partial(obj.key, obj.etag, obj.size, part_size)
             try:
-                await self._recheck_resumed(partial, job)
-                parts = [p for p in plan_parts(obj.size, part_size) if p.index not in partial.done]
-                await run_all(self._fetch_part(job, p, partial) for p in parts)
-                digest, s3_sum = await asyncio.to_thread(_finish, partial, job.expected)
-                _check_whole(job, digest, s3_sum)
-                mtime_ns = self.cache.commit(partial, obj.rel)
+                try:
+                    fs = await self._fetch_version(job)
+                except ObjectChanged:
+                    # Replaced while we read it: start this file over, once, on the new version.
+                    job = await self._new_version(job)
+                    fs = await self._fetch_version(job)
             except IntegrityError:
                 self.metrics.files["failed"].inc()
-                partial.discard()
                 raise
-            finally:
-                partial.close()
-        state = FileState(obj.size, obj.etag, digest, mtime_ns, job.expected.source)
-        await on_commit(obj.rel, state)
+        await on_commit(job.obj.rel, fs)
         self.metrics.files["downloaded"].inc()
-        self.progress.file_done(obj.rel, obj.size)
+        self.progress.file_done(job.obj.rel, job.obj.size)
+
+    async def _fetch_version(self, job: Job) -> FileState:
+        obj = job.obj
+        part_size = job.expected.part_size or self.cfg.part_size
+        partial = self.cache.open_partial(obj.key, obj.etag, obj.size, part_size)
+        try:
+            await self._recheck_resumed(partial, job)
+            parts = [p for p in plan_parts(obj.size, part_size) if p.index not in partial.done]
+            await run_all(self._fetch_part(job, p, partial) for p in parts)
+            digest, s3_sum = await asyncio.to_thread(_finish, partial, job.expected)
+            _check_whole(job, digest, s3_sum)
+            mtime_ns = self.cache.commit(partial, obj.rel)
+        except IntegrityError:
+            partial.discard()  # bad or mixed bytes are never resumed
+            raise
+        finally:
+            partial.close()
+        return FileState(obj.size, obj.etag, digest, mtime_ns, job.expected.source)
+
+    async def _new_version(self, job: Job) -> Job:
+        obj = job.obj
+        head = await self.source.head(obj.key)
+        if head is None:
+            raise ObjectNotFound(f"{obj.rel} was deleted from the bucket while being fetched")
+        new = RemoteObject(obj.key, obj.rel, int(head["ContentLength"]), str(head["ETag"]))
+        expected = job.expected
+        if expected.s3_algorithm is not None:  # S3's checksum belonged to the old version
+            expected = Expected(source="none")
+        log.warning(
+            "object_changed",
+            f"{obj.rel} was replaced during the download; fetching the new version from the start",
+            file=obj.rel,
+            old_etag=obj.etag,
+            new_etag=new.etag,
+        )
+        return Job(new, expected)
 
     async def _recheck_resumed(self, partial: Partial, job: Job) -> None:
         """Parts a crashed run recorded are trusted only if their bytes still hash the same."""
@@ -209,11 +246,13 @@ class Transfer:
             try:
                 await self._request(obj, part.start + got, part.end, sink)
                 return hasher.hexdigest()
-            except TransientSourceError as exc:
+            except (TransientSourceError, RangeMismatch) as exc:
+                # A wrong Content-Range wrote nothing (it is checked before the body), so it
+                # is retried like a reset; only its persistence makes it an integrity error.
                 attempts = 1 if got > before else attempts + 1
                 if attempts >= self.cfg.retries:
                     raise
-                self.metrics.retry(exc.reason)
+                self.metrics.retry(getattr(exc, "reason", "range_mismatch"))
                 log.debug("retry", f"{obj.rel} part {part.index}: {exc}", attempt=attempts)
                 await asyncio.sleep(backoff(attempts))
 

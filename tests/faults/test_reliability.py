@@ -1,0 +1,419 @@
+"""Faults survived, resume after a crash, one download per shared cache, outages (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.seaweed import SeaweedServer, free_port
+from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
+from tests.faults.proxy import (
+    Callback,
+    FaultProxy,
+    ResetAfter,
+    RewriteBody,
+    Stall,
+    Status,
+    Truncate,
+    WrongContentRange,
+)
+
+PART = 256 * 1024
+
+
+@pytest.fixture
+def proxy(s3_server: SeaweedServer) -> Iterator[FaultProxy]:
+    with FaultProxy("127.0.0.1", s3_server.ports["s3.port"]) as p:
+        yield p
+
+
+def metric(path: Path, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in path.read_text().splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def no_partial_under_final_names(dest: Path) -> None:
+    for path in dest.rglob("*"):
+        assert not path.name.endswith((".part", ".tmp")) or ".fetcher" in path.parts
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (ResetAfter(100_000), "reset"),
+        (Truncate(70_000), "short_body"),
+        (Status(503, "SlowDown"), "SlowDown"),
+        (Status(500, "InternalError"), "InternalError"),
+        (Stall(30, after=50_000), "read_timeout"),
+        (WrongContentRange(), "range_mismatch"),
+    ],
+    ids=["reset", "truncated", "503-slowdown", "500", "stall", "wrong-content-range"],
+)
+def test_transient_fault_is_survived(
+    fault: Any,
+    reason: str,
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    data = os.urandom(4 * PART + 99)
+    put("weights.bin", data)
+    proxy.add_fault(fault, method="GET", path_contains=prefix, ranged=True, times=2, skip=1)
+    textfile = dest.parent / "m.prom"
+    res = fetch(
+        endpoint=proxy.endpoint,
+        FETCH_PART_SIZE=str(PART),
+        FETCH_READ_TIMEOUT="1",
+        METRICS_TEXTFILE=str(textfile),
+    )
+    assert res.code == 0, res.stderr
+    assert tree(dest) == {"weights.bin": data}
+    assert metric(textfile, "model_fetcher_retries_total", reason=reason) == 2
+    no_partial_under_final_names(dest)
+
+
+def test_persistent_fault_fails_after_the_retry_budget(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    put("weights.bin", os.urandom(2 * PART))
+    proxy.add_fault(Status(503, "SlowDown"), method="GET", path_contains=prefix, times=None)
+    res = fetch(endpoint=proxy.endpoint, FETCH_PART_SIZE=str(PART), FETCH_RETRIES="3")
+    assert res.code == 3
+    assert "SlowDown" in res.stderr
+    assert tree(dest) == {}
+    # attempts are per part: two parts x three attempts at most
+    assert proxy.count("GET", path_contains=prefix) <= 6
+
+
+def test_auth_errors_are_not_retried(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], proxy: FaultProxy, prefix: str
+) -> None:
+    put("weights.bin", os.urandom(PART))
+    proxy.add_fault(Status(403, "AccessDenied"), method="GET", path_contains=prefix, times=None)
+    res = fetch(endpoint=proxy.endpoint, FETCH_PART_SIZE=str(PART))
+    assert res.code == 3
+    assert proxy.count("GET", path_contains=prefix) == 1
+
+
+def test_object_replaced_mid_download_restarts_on_the_new_version(
+    s3: Any,
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    old, new = os.urandom(6 * PART), os.urandom(6 * PART)
+    put("weights.bin", old)
+
+    def replace() -> None:
+        s3.put_object(Bucket=BUCKET, Key=prefix + "weights.bin", Body=new)
+
+    proxy.add_fault(Callback(replace), method="GET", path_contains=prefix, skip=2)
+    res = fetch(endpoint=proxy.endpoint, FETCH_PART_SIZE=str(PART), FETCH_CONCURRENCY="2")
+    assert res.code == 0, res.stderr
+    assert (dest / "weights.bin").read_bytes() == new  # never a splice of old and new
+    assert res.events("object_changed")
+    statuses = {r.status for r in proxy.requests if r.method == "GET" and prefix in r.path}
+    assert 412 in statuses
+
+
+def test_hostile_key_in_listing_is_refused(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    put("config.json", b"{}")
+    evil = f"{prefix}../../../../escape.txt"
+
+    def inject(body: bytes) -> bytes:
+        return body.replace(
+            f"<Key>{prefix}config.json</Key>".encode(), f"<Key>{evil}</Key>".encode()
+        )
+
+    proxy.add_fault(RewriteBody(inject), method="GET", path_contains=f"/{BUCKET}", ranged=False)
+    res = fetch(endpoint=proxy.endpoint)
+    assert res.code == 4, res.stderr
+    assert "escape.txt" in res.stderr
+    assert not list(tmp_path.rglob("escape.txt"))
+    assert tree(dest) == {}
+
+
+@pytest.mark.parametrize(
+    "bad", ["/abs.bin", "a\\b.bin", "a//b.bin", ".fetcher/state.json", "./x.bin"]
+)
+def test_unsafe_keys_are_refused(
+    bad: str,
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    # S3 servers normalise such keys on upload, so they reach us only from a hostile listing.
+    put("config.json", b"{}")
+    proxy.add_fault(
+        RewriteBody(lambda body: body.replace(b"config.json</Key>", bad.encode() + b"</Key>")),
+        method="GET",
+        path_contains=f"/{BUCKET}",
+        ranged=False,
+    )
+    res = fetch(endpoint=proxy.endpoint)
+    assert res.code == 4, res.stderr
+    assert "unsafe" in res.stderr
+    assert tree(dest) == {}
+
+
+def test_symlink_out_of_the_cache_is_not_followed(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest.mkdir(parents=True)
+    (dest / "sub").symlink_to(outside)
+    put("sub/weights.bin", b"w")
+    res = fetch()
+    assert res.code == 4, res.stderr
+    assert list(outside.iterdir()) == []
+
+
+def test_corrupt_state_is_treated_as_no_state(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("config.json", b"{}")
+    assert fetch().code == 0
+    (dest / ".fetcher" / "state.json").write_text("{not json")
+    res = fetch()
+    assert res.code == 0, res.stderr
+    assert res.events("state_corrupt")
+    assert res.events("done")[0]["files_fetched"] == 1
+    assert json.loads((dest / ".fetcher" / "state.json").read_text())["complete"] is True
+
+
+# --- crash, stop and resume -----------------------------------------------------------------
+
+
+def popen_fetcher(env: dict[str, str]) -> subprocess.Popen[str]:
+    full = {"PATH": os.environ["PATH"], **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fetcher"],
+        env=full,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for_parts(dest: Path, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for journal in (dest / ".fetcher" / "partial").glob("*.json"):
+            try:
+                if len(json.loads(journal.read_text())["done"]) >= n:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} parts done after {timeout}s")
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)]
+)
+def test_stopped_fetch_resumes_only_missing_parts(
+    sig: signal.Signals,
+    code: int,
+    s3_server: SeaweedServer,
+    put: Callable[[str, bytes], None],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    data = os.urandom(16 * PART)
+    put("weights.bin", data)
+    # The first 6 parts pass, then every ranged GET stalls: the run is stuck mid-file.
+    proxy.add_fault(Stall(60, after=0), method="GET", path_contains=prefix, times=None, skip=6)
+    env = {
+        **pod_env(s3_server, prefix, dest, proxy.endpoint),
+        "FETCH_PART_SIZE": str(PART),
+        "FETCH_CONCURRENCY": "2",
+    }
+    proc = popen_fetcher(env)
+    wait_for_parts(dest, 6)
+    began = time.monotonic()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == code
+    assert time.monotonic() - began < 5
+    assert not (dest / "weights.bin").exists()
+    sent_first = proxy.bytes_sent(prefix)
+    proxy.reset()
+    res = run_fetcher([], env)
+    assert res.code == 0, res.stderr
+    assert (dest / "weights.bin").read_bytes() == data
+    assert res.events("resume")[0]["parts_kept"] >= 6
+    assert sent_first + proxy.bytes_sent(prefix) <= len(data) + 4 * PART
+    _, stderr = proc.communicate()
+    if sig != signal.SIGKILL:
+        assert "stopped by signal" in stderr
+
+
+def test_four_fetchers_share_one_cache(
+    s3_server: SeaweedServer,
+    put: Callable[[str, bytes], None],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    files = {f"model-{i}.bin": os.urandom(6 * PART) for i in range(3)}
+    for rel, data in files.items():
+        put(rel, data)
+    base = {**pod_env(s3_server, prefix, dest, proxy.endpoint), "FETCH_PART_SIZE": str(PART)}
+    procs = [popen_fetcher({**base, "POD_NAME": f"replica-{i}"}) for i in range(4)]
+    results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+    assert [code for code, _ in results] == [0, 0, 0, 0], results
+    assert tree(dest) == files
+    model = sum(len(d) for d in files.values())
+    assert proxy.bytes_sent(prefix) <= model * 1.1
+
+
+def test_stale_lease_is_taken_over_and_fresh_one_waited_for(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+) -> None:
+    put("config.json", b"{}")
+    (dest / ".fetcher").mkdir(parents=True)
+    lease = dest / ".fetcher" / "lease.json"
+    ghost = {"holder": "old-pod", "host": "node-that-died", "pid": 1, "ttl": 2}
+    lease.write_text(json.dumps({**ghost, "heartbeat": time.time() - 60}))
+    res = fetch()
+    assert res.code == 0, res.stderr
+    assert res.events("lease_takeover")[0]["previous"] == "old-pod"
+    assert not lease.exists()
+    # A live lease held from another host: wait for it, then take over once it goes stale.
+    lease.write_text(json.dumps({**ghost, "heartbeat": time.time()}))
+    began = time.monotonic()
+    res = fetch()
+    assert res.code == 0, res.stderr
+    assert res.events("lease_wait")[0]["holder"] == "old-pod"
+    assert time.monotonic() - began >= 1.5
+
+
+# --- outages, TLS and local errors --------------------------------------------------------
+
+
+def test_outage_with_complete_cache_serves_it(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("config.json", b"{}")
+    assert fetch().code == 0
+    dead = f"http://127.0.0.1:{free_port()}"
+    res = fetch(endpoint=dead, FETCH_CONNECT_TIMEOUT="1")
+    assert res.code == 0, res.stderr
+    assert res.events("source_unreachable")
+    assert tree(dest) == {"config.json": b"{}"}
+
+
+def test_outage_with_incomplete_cache_exits_3(fetch: Callable[..., Result], dest: Path) -> None:
+    res = fetch(endpoint=f"http://127.0.0.1:{free_port()}", FETCH_CONNECT_TIMEOUT="1")
+    assert res.code == 3
+    assert "cannot reach" in res.stderr and "incomplete" in res.stderr
+
+
+def mount_tmpfs(where: Path, options: str) -> None:
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+
+
+def test_unwritable_cache_exits_5_with_path_and_uid(
+    put: Callable[[str, bytes], None],
+    s3_server: SeaweedServer,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    # Root ignores permission bits, so an unwritable cache is a read-only file system here.
+    put("config.json", b"{}")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    mount_tmpfs(mnt, "ro,size=1m")
+    try:
+        res = run_fetcher([], pod_env(s3_server, prefix, mnt))
+        assert res.code == 5, res.stderr
+        assert str(mnt) in res.stderr and f"uid {os.getuid()}" in res.stderr
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_no_space_left_exits_5(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    tmp_path: Path,
+    s3_server: SeaweedServer,
+    prefix: str,
+) -> None:
+    put("small.json", b"{}")
+    put("big.bin", os.urandom(3 * 2**20))
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    mount_tmpfs(mnt, "size=1m")
+    try:
+        res = run_fetcher([], pod_env(s3_server, prefix, mnt / "cache"))
+        assert res.code == 5, res.stderr
+        assert "space" in res.stderr
+        assert not (mnt / "cache" / "big.bin").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_file_size_limit_mid_fetch_exits_5(
+    put: Callable[[str, bytes], None], s3_server: SeaweedServer, prefix: str, dest: Path
+) -> None:
+    import resource
+
+    put("big.bin", os.urandom(2 * 2**20))
+    env = {
+        "PATH": os.environ["PATH"],
+        **pod_env(s3_server, prefix, dest),
+        "FETCH_PART_SIZE": str(PART),
+    }
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "fetcher"],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=60,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert not (dest / "big.bin").exists()
