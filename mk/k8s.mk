@@ -30,7 +30,7 @@ k8s-tools: $(K8S_TOOLS_STAMP)
 
 $(K8S_TOOLS_STAMP): $(STAMP) mk/k8s.mk
 	$(BIN)/python -m pip install -q $(K8S_PY_TOOLS)
-	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check checkov==$(CHECKOV_VERSION)
 	@# promtool comes with Debian's prometheus package; install it only when it is missing.
 	@if ! command -v promtool >/dev/null 2>&1; then \

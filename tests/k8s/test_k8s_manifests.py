@@ -110,6 +110,28 @@ def test_all_containers_drop_privileges(built: dict[str, list[Doc]]) -> None:
                 assert c.get("resources", {}).get("limits"), (overlay, c["name"])
 
 
+# Volume types the "restricted" Pod Security Standard admits.
+RESTRICTED_VOLUMES = {"configMap", "emptyDir", "persistentVolumeClaim", "projected", "secret",
+                      "downwardAPI", "csi", "ephemeral"}  # fmt: skip
+
+
+@pytest.mark.parametrize("overlay", [w for w in WORKLOADS if w != "node-prewarm"])
+def test_serving_pods_meet_the_restricted_pod_security_standard(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """So they run in a namespace labelled pod-security.kubernetes.io/enforce=restricted."""
+    for workload, _ in fetcher_containers(built[f"overlays/{overlay}"]):
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for volume in spec["volumes"]:
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, volume
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            sc = c["securityContext"]
+            assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+            assert sc.get("runAsUser", 1) != 0 and sc.get("runAsNonRoot", True), c["name"]
+            assert "hostPort" not in str(c.get("ports", [])), c["name"]
+
+
 def test_cluster_storage_container_follows_kserve(built: dict[str, list[Doc]]) -> None:
     docs = built["overlays/kserve-storage-initializer"]
     csc = only(docs, "ClusterStorageContainer")
