@@ -111,6 +111,25 @@ def test_auth_errors_are_not_retried(
     res = fetch(endpoint=proxy.endpoint, FETCH_PART_SIZE=str(PART))
     assert res.code == 3
     assert proxy.count("GET", path_contains=prefix) == 1
+    # The presigned URL carries the access key id and a signature: neither may leak.
+    assert "X-Amz-" not in res.stderr and "Signature" not in res.stderr
+
+
+def test_deadline_bounds_a_stalled_fetch(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    put("weights.bin", os.urandom(2 * PART))
+    proxy.add_fault(Stall(60, after=0), method="GET", path_contains=prefix, times=None)
+    began = time.monotonic()
+    res = fetch(endpoint=proxy.endpoint, FETCH_PART_SIZE=str(PART), FETCH_DEADLINE="2s")
+    assert res.code == 3
+    assert "FETCH_DEADLINE" in res.stderr
+    assert time.monotonic() - began < 10
+    assert tree(dest) == {}
 
 
 def test_object_replaced_mid_download_restarts_on_the_new_version(
