@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 
 from . import log
 from .cache import Cache, write_json_atomic
 from .manifest import MANIFEST_NAME, Manifest, ManifestError
 from .source import RemoteObject, Source
-from .transfer import Expected, Job
+from .transfer import Expected, Job, run_all
 
-# Full-object checksums we can recompute locally, best first.
+# Full-object checksums we can recompute locally, best first. CRC32C needs a native library
+# we do not ship; an object with only that one is pinned by ETag and reported unverified.
 S3_ALGORITHMS = {"ChecksumSHA256": "sha256", "ChecksumSHA1": "sha1", "ChecksumCRC32": "crc32"}
+# A manifest holds ~36 bytes per part: 256 MiB is millions of parts, far beyond any model,
+# and keeps a stray multi-GB object under that name from being read into memory.
+MAX_MANIFEST = 256 << 20
+_HEADS_INFLIGHT = 16
+_COMPOSITE = re.compile(r"-\d+$")
 
 
 async def load_manifest(src: Source, cache: Cache, listing: list[RemoteObject]) -> Manifest | None:
@@ -22,6 +29,8 @@ async def load_manifest(src: Source, cache: Cache, listing: list[RemoteObject]) 
     entry = next((o for o in listing if o.rel == MANIFEST_NAME), None)
     if entry is None:
         return None
+    if entry.size > MAX_MANIFEST:
+        raise ManifestError(f"{MANIFEST_NAME} is {entry.size} bytes: too large to be a manifest")
     copy = cache.meta / "manifest.json"
     try:
         doc = json.loads(copy.read_text(encoding="utf-8"))
@@ -66,19 +75,35 @@ def manifest_jobs(
 
 async def add_s3_checksums(src: Source, jobs: list[Job]) -> None:
     """Without a manifest: ask S3 for full-object checksums of the files to download."""
-    heads = await asyncio.gather(*(src.head_checksums(j.obj.key) for j in jobs))
-    unverified = 0
-    for job, sums in zip(jobs, heads, strict=True):
-        found = next(((name, sums[name]) for name in S3_ALGORITHMS if name in sums), None)
-        if found is None:
-            unverified += 1
-            continue
-        algo = S3_ALGORITHMS[found[0]]
-        job.expected = Expected(source=f"s3:{algo}", s3_algorithm=algo, s3_value=found[1])
+    inflight = asyncio.Semaphore(_HEADS_INFLIGHT)
+    unverified: list[str] = []
+
+    async def one(job: Job) -> None:
+        async with inflight:
+            sums = await src.head_checksums(job.obj.key)
+        expected = s3_expected(sums)
+        if expected is None:
+            unverified.append(job.obj.rel)
+        else:
+            job.expected = expected
+
+    await run_all(one(job) for job in jobs)
     if unverified:
         log.warning(
             "source_unverified",
-            f"{unverified} files have no {MANIFEST_NAME} and no S3 checksum: "
+            f"{len(unverified)} files have no {MANIFEST_NAME} and no S3 checksum: "
             "pinned by ETag and hashed locally, but the source is not verified",
-            files=unverified,
+            files=len(unverified),
+            examples=sorted(unverified)[:20],
         )
+
+
+def s3_expected(sums: Mapping[str, str]) -> Expected | None:
+    """The best full-object checksum among `sums` (HEAD's Checksum* fields), if any."""
+    for name, algo in S3_ALGORITHMS.items():
+        value = sums.get(name)
+        # "<base64>-<parts>" is a checksum of part checksums (a composite multipart upload),
+        # which servers may return without ChecksumType; it says nothing about the bytes.
+        if value and not _COMPOSITE.search(value):
+            return Expected(source=f"s3:{algo}", s3_algorithm=algo, s3_value=value)
+    return None

@@ -21,6 +21,7 @@ from .errors import IntegrityError, UnsafeKey
 MANIFEST_NAME = ".model-manifest.json"
 FORMAT = "model-fetcher-manifest"
 VERSION = 1
+HASH = "xxh3-128"
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -54,7 +55,7 @@ class Manifest:
         doc = {
             "format": FORMAT,
             "version": VERSION,
-            "hash": "xxh3-128",
+            "hash": HASH,
             "files": [f.to_json() for f in self.files],
         }
         return json.dumps(doc, indent=1)
@@ -72,13 +73,29 @@ class Manifest:
             raise ManifestError(f"{MANIFEST_NAME}: not a model-fetcher manifest")
         if doc.get("version") != VERSION:
             raise ManifestError(f"{MANIFEST_NAME}: unsupported version {doc.get('version')!r}")
+        if doc.get("hash") != HASH:
+            raise ManifestError(f"{MANIFEST_NAME}: unsupported hash {doc.get('hash')!r}")
         files = doc.get("files")
         if not isinstance(files, list):
             raise ManifestError(f"{MANIFEST_NAME}: 'files' must be a list")
         parsed = [_file(entry) for entry in files]
-        if len({f.path for f in parsed}) != len(parsed):
-            raise ManifestError(f"{MANIFEST_NAME}: a path is listed twice")
+        _check_paths([f.path for f in parsed])
         return cls(parsed)
+
+
+def _check_paths(paths: list[str]) -> None:
+    """No path twice, and none both a file and a directory: such a model cannot be on disk."""
+    seen = set(paths)
+    if len(seen) != len(paths):
+        twice = next(p for p in paths if paths.count(p) > 1)
+        raise ManifestError(f"{MANIFEST_NAME}: {twice} is listed twice")
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise ManifestError(
+                    f"{MANIFEST_NAME}: {'/'.join(parts[:i])} is both a file and a directory"
+                )
 
 
 def _file(entry: object) -> ManifestFile:
@@ -92,6 +109,8 @@ def _file(entry: object) -> ManifestFile:
         safe_rel(path)
     except UnsafeKey as exc:
         raise ManifestError(f"{MANIFEST_NAME}: {exc}") from exc
+    if path == MANIFEST_NAME:
+        raise ManifestError(f"{MANIFEST_NAME}: lists itself as a model file")
     if not (_is_count(size) and _is_count(part_size) and _is_hex(digest)):
         raise ManifestError(f"{MANIFEST_NAME}: malformed entry for {path}")
     if not isinstance(parts, list) or not all(_is_hex(p) for p in parts):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import log
+from .cache import safe_rel
 from .config import Config
 from .errors import CacheError, FetchError
 from .manifest import MANIFEST_NAME, Manifest, ManifestFile
@@ -22,6 +23,7 @@ from .transfer import run_all
 from .verify import check_model, part_hashes
 
 _MIN_UPLOAD_PART = 8 << 20  # S3 multipart parts must be >= 5 MiB (all but the last)
+_MAX_UPLOAD_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 _UPLOAD_BUFFER = 256 << 20  # bytes of parts held in memory at once, whatever the model size
 
 
@@ -33,17 +35,33 @@ class LocalFile:
 
 
 def local_files(root: Path) -> list[LocalFile]:
-    """Regular files under root, in a stable order; links and our own state are skipped."""
+    """Files under root, in a stable order; our own state is skipped.
+
+    Links to files are followed: a Hugging Face download may hold its large shards as links
+    into its cache, and skipping them would publish a model without its weights.
+    """
     found = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if rel.split("/")[0] == ".fetcher" or rel == MANIFEST_NAME:
             continue
-        if path.is_file() and not path.is_symlink():
+        if path.is_file():
+            safe_rel(rel)  # a name every fetcher would refuse must not reach the bucket
             found.append(LocalFile(path, rel, path.stat().st_size))
+        elif path.is_symlink():
+            # Silently leaving it out would publish an incomplete model.
+            what = "a directory (not followed)" if path.exists() else "nothing"
+            raise CacheError(f"cannot publish {rel}: it is a link to {what}")
     if not found:
         raise CacheError(f"nothing to publish in {root}")
     return found
+
+
+def upload_part_size(size: int, part_size: int) -> int:
+    """At least 8 MiB, and large enough that `size` fits in S3's 10,000 parts."""
+    need = -(-size // _MAX_UPLOAD_PARTS)
+    need = -(-need // (1 << 20)) << 20  # whole MiB
+    return max(part_size, _MIN_UPLOAD_PART, need)
 
 
 async def publish(cfg: Config) -> int:
@@ -74,8 +92,9 @@ async def publish(cfg: Config) -> int:
 class _Uploader:
     def __init__(self, cfg: Config, src: Source) -> None:
         self.cfg, self.src = cfg, src
-        self.part_size = max(cfg.part_size, _MIN_UPLOAD_PART)
-        self.parts_inflight = asyncio.Semaphore(max(1, _UPLOAD_BUFFER // self.part_size))
+        # Parts (and small files) held in memory at once: the buffer over the typical part.
+        typical = max(cfg.part_size, _MIN_UPLOAD_PART)
+        self.parts_inflight = asyncio.Semaphore(max(1, _UPLOAD_BUFFER // typical))
         self.hashing = asyncio.Semaphore(os.cpu_count() or 2)
         self.uploaded = self.skipped = 0
 
@@ -90,11 +109,13 @@ class _Uploader:
             self.skipped += 1
             return
         meta = {"xxh3": entry.xxh3}
-        if f.size <= self.part_size:
-            data = await asyncio.to_thread(f.path.read_bytes)
-            await self.src.put(key, data, meta)
+        part_size = upload_part_size(f.size, self.cfg.part_size)
+        if f.size <= part_size:
+            async with self.parts_inflight:
+                data = await asyncio.to_thread(f.path.read_bytes)
+                await self.src.put(key, data, meta)
         else:
-            await self._multipart(f, key, meta)
+            await self._multipart(f, key, meta, part_size)
         self.uploaded += 1
         log.event("file_published", f"uploaded {f.rel}", file=f.rel, bytes=f.size)
 
@@ -105,23 +126,27 @@ class _Uploader:
         same_size = int(head.get("ContentLength", -1)) == entry.size
         return same_size and head.get("Metadata", {}).get("xxh3") == entry.xxh3
 
-    async def _multipart(self, f: LocalFile, key: str, meta: dict[str, str]) -> None:
+    async def _multipart(
+        self, f: LocalFile, key: str, meta: dict[str, str], part_size: int
+    ) -> None:
         upload_id = await self.src.create_multipart(key, meta)
         try:
-            etags = await self._upload_parts(f, key, upload_id)
+            etags = await self._upload_parts(f, key, upload_id, part_size)
             await self.src.complete_multipart(key, upload_id, etags)
         except BaseException:
             await self._abort(key, upload_id)
             raise
 
-    async def _upload_parts(self, f: LocalFile, key: str, upload_id: str) -> list[str]:
-        count = (f.size + self.part_size - 1) // self.part_size
+    async def _upload_parts(
+        self, f: LocalFile, key: str, upload_id: str, part_size: int
+    ) -> list[str]:
+        count = (f.size + part_size - 1) // part_size
         etags: list[str] = [""] * count
 
         async def one(index: int) -> None:
             async with self.parts_inflight:
-                offset = index * self.part_size
-                data = await asyncio.to_thread(_read_at, f.path, offset, self.part_size)
+                offset = index * part_size
+                data = await asyncio.to_thread(_read_at, f.path, offset, part_size)
                 etags[index] = await self.src.upload_part(key, upload_id, index + 1, data)
 
         await run_all(one(i) for i in range(count))
