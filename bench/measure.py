@@ -180,40 +180,68 @@ _PF_KTHREAD = 0x00200000
 
 @dataclass(frozen=True)
 class CpuClock:
-    """CPU seconds used so far by the S3 server and by every other user process (by pid).
+    """CPU seconds used so far: by the machine, the S3 server, kernel threads and this harness.
 
-    "Other" processes are everything but the server, this harness (whose children's time is the
-    tool's) and kernel threads; their CPU during a run is noise from outside the benchmark.
-    A process's time includes that of children it reaped, so short-lived ones are counted too.
+    CPU that other processes use during a run is what the machine used, less the tool (from
+    wait4), the server, kernel threads (write-back, for instance) and the harness itself. Summing
+    other processes one by one would not work: a process's reaped children are charged to it
+    all at once, including time from before the run.
     """
 
+    machine_s: float
     server_s: float
-    others: dict[tuple[int, int], float]  # (pid, start time) -> CPU seconds
+    kernel_s: float
+    harness_s: float
 
     @staticmethod
     def read(server_pid: int | None) -> CpuClock:
-        skip = {os.getpid(), server_pid}
-        stats = {pid: _proc_stat(pid) for pid in _pids()}
-        others = {
-            (pid, st[1]): st[0] for pid, st in stats.items() if st and pid not in skip and not st[2]
-        }
-        server = stats.get(server_pid) if server_pid else None
-        return CpuClock(server[0] if server else 0.0, others)
+        own = os.times()
+        return CpuClock(
+            machine_s=_machine_busy_s(),
+            server_s=_process_cpu_s(server_pid) if server_pid else 0.0,
+            kernel_s=_kernel_threads_cpu_s(),
+            harness_s=own.user + own.system,
+        )
 
-    def other_since(self, before: CpuClock) -> float:
-        return sum(cpu - before.others.get(key, 0.0) for key, cpu in self.others.items())
+    def other_since(self, before: CpuClock, tool_cpu_s: float) -> float:
+        known = sum(
+            now - then
+            for now, then in [
+                (self.server_s, before.server_s),
+                (self.kernel_s, before.kernel_s),
+                (self.harness_s, before.harness_s),
+            ]
+        )
+        return max(0.0, self.machine_s - before.machine_s - known - tool_cpu_s)
 
 
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _proc_stat(pid: int) -> tuple[float, int, bool] | None:
-    """(utime+stime+cutime+cstime in seconds, start time, is a kernel thread)."""
+def _machine_busy_s() -> float:
+    """user, nice, system, irq, softirq: the ticks that are also charged to some process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     except OSError:
-        return None
-    f = stat.rsplit(")", 1)[1].split()  # f[0] is field 3 (state)
-    cpu = sum(int(x) for x in f[11:15]) / _TICK
-    return cpu, int(f[19]), bool(int(f[6]) & _PF_KTHREAD)
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / _TICK
+
+
+def _kernel_threads_cpu_s() -> float:
+    total = 0
+    for name in os.listdir("/proc"):
+        fields = _stat_fields(int(name)) if name.isdigit() else []
+        if fields and int(fields[6]) & _PF_KTHREAD:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (state) on; empty if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _process_cpu_s(pid: int) -> float:
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK if fields else 0.0  # utime, stime

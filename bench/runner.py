@@ -103,7 +103,7 @@ def _record(
     clocks: tuple[CpuClock, CpuClock],
 ) -> Run:
     server_s = clocks[1].server_s - clocks[0].server_s
-    other_s = clocks[1].other_since(clocks[0])
+    other_s = clocks[1].other_since(clocks[0], m.cpu_s)
     return Run(
         phase=plan.phase,
         tool=tool.name,
