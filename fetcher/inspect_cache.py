@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from . import log
@@ -103,8 +104,17 @@ def status(cache: Cache) -> dict[str, Any]:
         "files": files,
         "file_count": len(files),
         "total_bytes": sum(fs.size for fs in state.files.values()),
-        "last_fetch": state.last_fetch,
+        "last_fetch": _last_fetch(state.last_fetch),
     }
+
+
+def _last_fetch(doc: dict[str, Any]) -> dict[str, Any]:
+    """The recorded run, with its end also as UTC ISO 8601 for the people reading it."""
+    finished = doc.get("finished")
+    if not isinstance(finished, int | float):
+        return doc
+    when = datetime.fromtimestamp(finished, UTC).isoformat(timespec="seconds")
+    return {**doc, "finished_at": when.replace("+00:00", "Z")}
 
 
 def dump_json(doc: object) -> None:

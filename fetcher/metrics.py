@@ -11,7 +11,11 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest, push_to_gateway, write_to_textfile
+from prometheus_client.exposition import (
+    choose_encoder,
+    push_to_gateway,
+    write_to_textfile,
+)
 
 from . import log
 from .errors import ConfigError
@@ -82,8 +86,14 @@ class Metrics:
     def retry(self, reason: str) -> None:
         self._retries.labels(**self._lv, reason=reason).inc()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The body and its Content-Type for a scraper's Accept header (text 0.0.4 by default).
+
+        Prometheus 3 refuses a scrape without a valid versioned Content-Type, and asks for
+        OpenMetrics when it can parse it: negotiate exactly as prometheus_client's own server.
+        """
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     def finish(self, ok: bool, started: float) -> None:
         self.fetch_duration.set(time.monotonic() - started)
@@ -152,11 +162,10 @@ class MetricsServer:
     async def _metrics(self, request: Any) -> Any:
         from aiohttp import web
 
+        body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(
-            body=self.metrics.exposition(),
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=body,
+            headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"},
         )
 
     async def _healthz(self, request: Any) -> Any:

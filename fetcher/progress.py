@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from contextlib import suppress
-from typing import Any
+from typing import IO, Any
 
 from . import log
 
@@ -14,6 +16,7 @@ class Progress:
     def __init__(self, total_bytes: int, total_files: int, interval: float, bar: bool) -> None:
         self.total, self.files_total = total_bytes, total_files
         self.done = 0
+        self.resumed_bytes = 0  # left by an earlier run: done, but not part of this run's rate
         self.files_done = 0
         self.interval = interval
         self.started = time.monotonic()
@@ -27,6 +30,7 @@ class Progress:
 
     def resumed(self, nbytes: int) -> None:
         """Bytes a previous run left in a partial file: counted as done, not downloaded."""
+        self.resumed_bytes += nbytes
         self.add(nbytes)
 
     def file_done(self, rel: str, size: int) -> None:
@@ -36,8 +40,9 @@ class Progress:
             self._bar.file_done(self.files_done)
 
     def rate(self) -> float:
+        """Bytes per second received by this run (resumed bytes would inflate it and the ETA)."""
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        return self.done / elapsed
+        return max(self.done - self.resumed_bytes, 0) / elapsed
 
     def snapshot(self) -> dict[str, Any]:
         rate = self.rate()
@@ -54,7 +59,10 @@ class Progress:
     async def __aenter__(self) -> Progress:
         if self._bar is not None:
             self._bar.start()
-        self._task = asyncio.create_task(self._report())
+        # A live bar shows the same numbers; without a terminal (FETCH_PROGRESS=1 in a pod)
+        # rich draws it once at the end, so the lines are still wanted.
+        if self._bar is None or not self._bar.live:
+            self._task = asyncio.create_task(self._report())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -84,7 +92,6 @@ class _RichBar:
             Progress,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self.files = files
@@ -92,18 +99,34 @@ class _RichBar:
             TextColumn("[bold]model"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _binary_speed_column(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[files]}"),
             console=Console(stderr=True),
             transient=False,
         )
         self.task = self.progress.add_task("fetch", total=total, files=f"0/{files} files")
+        self._rerouted: list[tuple[logging.StreamHandler[IO[str]], IO[str]]] = []
+
+    @property
+    def live(self) -> bool:
+        return bool(self.progress.console.is_terminal)
 
     def start(self) -> None:
+        stderr = sys.stderr
         self.progress.start()
+        # While the bar is live, rich swaps sys.stderr for a proxy that prints above the bar;
+        # the log handler still holds the real stream, and its lines would tear the bar.
+        if sys.stderr is not stderr:
+            for handler in logging.getLogger("model-fetcher").handlers:  # log.py's
+                if isinstance(handler, logging.StreamHandler) and handler.stream is stderr:
+                    handler.setStream(sys.stderr)
+                    self._rerouted.append((handler, stderr))
 
     def stop(self) -> None:
+        for handler, stream in self._rerouted:
+            handler.setStream(stream)
+        self._rerouted.clear()
         self.progress.stop()
 
     def advance(self, nbytes: int) -> None:
@@ -115,3 +138,22 @@ class _RichBar:
 
 def _make_bar(total: int, files: int) -> _RichBar:
     return _RichBar(total, files)
+
+
+def _binary_speed_column() -> Any:
+    from rich.filesize import pick_unit_and_suffix
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        """MiB/s, like the sizes beside it and the JSON lines (rich's own column says MB/s)."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None:
+                return Text("?", style="progress.data.speed")
+            units = ["B", "KiB", "MiB", "GiB", "TiB"]
+            unit, suffix = pick_unit_and_suffix(int(speed), units, 1024)
+            return Text(f"{speed / unit:.1f} {suffix}/s", style="progress.data.speed")
+
+    return BinarySpeedColumn()

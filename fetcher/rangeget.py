@@ -28,7 +28,7 @@ from .errors import (
     SourceUnreachable,
     TransientSourceError,
 )
-from .source import map_s3_error
+from .s3errors import map_s3_error
 
 BUF_SIZE = 1 << 20
 _MAX_HEAD = 64 << 10

@@ -9,6 +9,7 @@ the prefix and reports drift in `model_fetcher_remote_drift_files`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from prometheus_client import CollectorRegistry
@@ -57,6 +58,7 @@ async def _watch(cfg: Config, metrics: Metrics) -> None:
     if cfg.watch_interval is None:
         await asyncio.Event().wait()  # until cancelled by SIGTERM
     assert cfg.watch_interval is not None
+    reported = 0
     while True:
         await asyncio.sleep(cfg.watch_interval)
         try:
@@ -65,10 +67,11 @@ async def _watch(cfg: Config, metrics: Metrics) -> None:
             log.warning("watch_failed", f"could not re-list the prefix: {exc}")
             continue
         metrics.drift.set(drift)
-        if drift:
-            log.warning(
-                "drift", f"{drift} files differ between the bucket and the cache", files=drift
-            )
+        if drift != reported:  # once per change, not once per re-list
+            reported = drift
+            level = logging.WARNING if drift else logging.INFO
+            message = f"{drift} files differ between the bucket and the cache"
+            log.event("drift", message, level, files=drift)
 
 
 async def remote_drift(cfg: Config) -> int:

@@ -31,31 +31,11 @@ from .errors import (
     AccessDenied,
     ConfigError,
     FetchError,
-    ObjectChanged,
     ObjectNotFound,
     SourceError,
     SourceUnreachable,
-    TransientSourceError,
 )
-
-_TRANSIENT_CODES = {
-    "SlowDown",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-    "RequestTimeTooSkewed",
-    "Throttling",
-    "ThrottlingException",
-}
-_DENIED_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "AllAccessDisabled",
-}
-_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
+from .s3errors import map_s3_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,20 +52,6 @@ def map_client_error(exc: ClientError, what: str) -> FetchError:
     err = exc.response.get("Error", {})
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     return map_s3_error(status, str(err.get("Code", "")), str(err.get("Message", "")), what)
-
-
-def map_s3_error(status: int, code: str, message: str, what: str) -> FetchError:
-    """Pick the most specific error of ours for an S3 error response (also used by rangeget)."""
-    label = code or str(status)
-    if code in _DENIED_CODES or status in (401, 403):
-        return AccessDenied(f"access denied for {what} ({label}); check the credentials")
-    if code in _MISSING_CODES or status == 404:
-        return ObjectNotFound(f"not found: {what} ({label})")
-    if code == "PreconditionFailed" or status == 412:
-        return ObjectChanged(f"{what} changed on the server while it was being fetched")
-    if code in _TRANSIENT_CODES or status >= 500:
-        return TransientSourceError(f"{what}: {label} {message}".strip(), reason=label)
-    return SourceError(f"{what}: {label} {message}".strip())
 
 
 def map_boto_error(exc: BaseException, what: str, endpoint: str | None) -> FetchError:

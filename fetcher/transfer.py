@@ -9,13 +9,10 @@ attempt made progress, and a part resumes at the byte where the failed attempt s
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import xxhash
 
 from . import log
 from .cache import Cache, FileState, Partial
@@ -26,38 +23,16 @@ from .errors import (
     IntegrityError,
     ObjectChanged,
     ObjectNotFound,
-    RangeMismatch,
-    TransientSourceError,
 )
 from .metrics import Metrics
+from .partget import Part, PartDownloader, PartTask, plan_parts
 from .progress import Progress
-from .rangeget import RangeGetter, RangeRequest, tls_context
+from .rangeget import RangeGetter, tls_context
 from .source import RemoteObject, Source
 from .verify import file_digests, xxh3_range
+from .workers import WorkerPool
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
-_BACKOFF_BASE, _BACKOFF_CAP = 0.2, 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    index: int
-    start: int
-    end: int  # inclusive; -1 for the single empty part of a zero-byte object
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-
-def plan_parts(size: int, part_size: int) -> list[Part]:
-    """Split [0, size) into parts of part_size; a zero-byte object is one empty part."""
-    if size == 0:
-        return [Part(0, 0, -1)]
-    return [
-        Part(i, start, min(start + part_size, size) - 1)
-        for i, start in enumerate(range(0, size, part_size))
-    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +51,6 @@ class Expected:
 class Job:
     obj: RemoteObject
     expected: Expected = field(default_factory=Expected)
-
-
-def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog)."""
-    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
 
 
 def root_cause(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -121,15 +91,26 @@ class Transfer:
         self.inflight = asyncio.Semaphore(cfg.concurrency)
         # Bounds open partial files (fds, preallocated space) without slowing the parts.
         self.files_open = asyncio.Semaphore(max(4, cfg.concurrency))
-        ctx = tls_context(cfg.tls_verify, cfg.ca_bundle) if _is_https(cfg.endpoint) else None
-        self.getter = RangeGetter(cfg.concurrency, cfg.connect_timeout, cfg.read_timeout, ctx)
+        self.getter = make_getter(cfg, cfg.concurrency)
         self._urls: dict[str, tuple[str, float]] = {}
+        self.hooks = MetricsHooks(metrics, progress)
+        self.parts = PartDownloader(self.getter, self.inflight, cfg.retries, self._url, self.hooks)
+        self.pool: WorkerPool | None = None
 
     async def run(self, jobs: list[Job], on_commit: OnCommit) -> None:
         try:
+            if self.cfg.workers > 1 and jobs:
+                self.pool = await WorkerPool.start(self.cfg, self.hooks)
             await run_all(self._fetch_file(job, on_commit) for job in jobs)
+        except BaseException:
+            if self.pool is not None:
+                await self.pool.close(abort=True)
+                self.pool = None
+            raise
         finally:
             self.getter.close()
+            if self.pool is not None:
+                await self.pool.close()
 
     async def _fetch_file(self, job: Job, on_commit: OnCommit) -> None:
         async with self.files_open:
@@ -213,7 +194,7 @@ class Transfer:
         while True:
             digest = await self._download_part(job.obj, part, partial)
             if expected is None or digest == expected:
-                partial.mark_done(part.index, digest)
+                partial.mark_done(part.index, digest, part.start, part.length)
                 return
             failures += 1
             self.metrics.checksum_failures.inc()
@@ -229,43 +210,10 @@ class Transfer:
                 raise ChecksumMismatch(job.obj.rel, expected, digest, what=f"part {part.index} of")
 
     async def _download_part(self, obj: RemoteObject, part: Part, partial: Partial) -> str:
-        hasher = xxhash.xxh3_128()
-        got = 0
-
-        def sink(data: memoryview, offset: int) -> None:
-            nonlocal got
-            partial.pwrite(data, offset)
-            hasher.update(data)
-            got += len(data)
-            self.metrics.bytes_downloaded.inc(len(data))
-            self.progress.add(len(data))
-
-        attempts = 0
-        while True:
-            before = got
-            try:
-                await self._request(obj, part.start + got, part.end, sink)
-                return hasher.hexdigest()
-            except (TransientSourceError, RangeMismatch) as exc:
-                # A wrong Content-Range wrote nothing (it is checked before the body), so it
-                # is retried like a reset; only its persistence makes it an integrity error.
-                attempts = 1 if got > before else attempts + 1
-                if attempts >= self.cfg.retries:
-                    raise
-                self.metrics.retry(getattr(exc, "reason", "range_mismatch"))
-                log.debug("retry", f"{obj.rel} part {part.index}: {exc}", attempt=attempts)
-                await asyncio.sleep(backoff(attempts))
-
-    async def _request(self, obj: RemoteObject, start: int, end: int, sink: Any) -> None:
-        async with self.inflight:
-            req = RangeRequest(await self._url(obj.key), obj.rel, obj.etag, start, end, obj.size)
-            self.metrics.inflight.inc()
-            began = time.monotonic()
-            try:
-                await self.getter.get(req, sink)
-            finally:
-                self.metrics.inflight.dec()
-                self.metrics.request_duration.observe(time.monotonic() - began)
+        task = PartTask(obj.key, obj.rel, obj.etag, obj.size, part.index, part.start, part.end)
+        if self.pool is not None:
+            return await self.pool.download(task, partial.path, await self._url(obj.key))
+        return await self.parts.download(task, partial.pwrite)
 
     async def _url(self, key: str) -> str:
         cached = self._urls.get(key)
@@ -293,5 +241,27 @@ def _check_whole(job: Job, digest: str, s3_sum: str | None) -> None:
         raise ChecksumMismatch(job.obj.rel, f"{want.s3_algorithm} {want.s3_value}", str(s3_sum))
 
 
-def _is_https(endpoint: str | None) -> bool:
-    return endpoint is None or endpoint.startswith("https")
+def make_getter(cfg: Config, limit: int) -> RangeGetter:
+    https = cfg.endpoint is None or cfg.endpoint.startswith("https")
+    ctx = tls_context(cfg.tls_verify, cfg.ca_bundle) if https else None
+    return RangeGetter(limit, cfg.connect_timeout, cfg.read_timeout, ctx)
+
+
+class MetricsHooks:
+    """Part progress into the Prometheus metrics and the progress reporter."""
+
+    def __init__(self, metrics: Metrics, progress: Progress) -> None:
+        self.metrics, self.progress = metrics, progress
+
+    def on_bytes(self, nbytes: int) -> None:
+        self.metrics.bytes_downloaded.inc(nbytes)
+        self.progress.add(nbytes)
+
+    def on_retry(self, reason: str) -> None:
+        self.metrics.retry(reason)
+
+    def on_request(self, seconds: float) -> None:
+        self.metrics.request_duration.observe(seconds)
+
+    def on_inflight(self, delta: int) -> None:
+        self.metrics.inflight.inc(delta)

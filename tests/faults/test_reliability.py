@@ -436,3 +436,57 @@ def test_file_size_limit_mid_fetch_exits_5(
     )
     assert proc.returncode == 5, proc.stderr
     assert not (dest / "big.bin").exists()
+
+
+def test_worker_processes_split_the_parts(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    files = {f"shard-{i}.bin": os.urandom(5 * PART + i) for i in range(3)}
+    for rel, data in files.items():
+        put(rel, data)
+    proxy.add_fault(ResetAfter(10_000), method="GET", path_contains=prefix, ranged=True, skip=3)
+    textfile = dest.parent / "m.prom"
+    res = fetch(
+        endpoint=proxy.endpoint,
+        FETCH_PART_SIZE=str(PART),
+        FETCH_WORKERS="2",
+        METRICS_TEXTFILE=str(textfile),
+    )
+    assert res.code == 0, res.stderr
+    assert tree(dest) == files
+    assert res.events("workers")[0]["workers"] == 2
+    assert metric(textfile, "model_fetcher_retries_total", reason="reset") == 1
+    assert metric(textfile, "model_fetcher_bytes_downloaded_total") >= sum(map(len, files.values()))
+    assert len({r.conn for r in proxy.requests if prefix in r.path}) >= 2
+
+
+def test_worker_processes_stop_on_sigterm_and_resume(
+    s3_server: SeaweedServer,
+    put: Callable[[str, bytes], None],
+    dest: Path,
+    proxy: FaultProxy,
+    prefix: str,
+) -> None:
+    data = os.urandom(16 * PART)
+    put("weights.bin", data)
+    proxy.add_fault(Stall(60, after=0), method="GET", path_contains=prefix, times=None, skip=6)
+    env = {
+        **pod_env(s3_server, prefix, dest, proxy.endpoint),
+        "FETCH_PART_SIZE": str(PART),
+        "FETCH_CONCURRENCY": "4",
+        "FETCH_WORKERS": "2",
+    }
+    proc = popen_fetcher(env)
+    wait_for_parts(dest, 6)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 143
+    proc.communicate()
+    proxy.reset()
+    res = run_fetcher([], env)
+    assert res.code == 0, res.stderr
+    assert (dest / "weights.bin").read_bytes() == data
+    assert res.events("resume")[0]["parts_kept"] >= 6

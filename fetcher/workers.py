@@ -1,0 +1,246 @@
+"""FETCH_WORKERS: part downloads spread over several processes, one event loop each.
+
+One event loop reads sockets, copies buffers into the page cache and hashes them on one core;
+on a machine with many cores and a fast network that core is the ceiling. With FETCH_WORKERS=N
+the parent keeps everything that needs state (listing, planning, journals, the final hash, the
+commit) and hands each part to the least busy worker: a `python -m fetcher.workers` process
+that imports neither botocore nor the cache state (it is given a presigned URL), writes the
+part with `pwrite` into the parent's preallocated partial file, and answers with its hash.
+
+Wire format, one JSON object per line: parent -> worker `{"id", "task", "path", "url"}`;
+worker -> parent `{"id", "digest"}` or `{"id", "error", "message", "reason"}`, and hook
+events `{"h": "b"|"r"|"q"|"i", "v": ...}` (bytes, retry, request seconds, in-flight delta).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import errors, log
+from .cache import os_errors
+from .errors import FetchError, TransientSourceError
+from .partget import Hooks, PartDownloader, PartTask
+from .rangeget import RangeGetter, tls_context
+
+_LINE_LIMIT = 1 << 20
+
+
+class _Worker:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.busy = 0
+        self.pending: dict[int, asyncio.Future[str]] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+
+class WorkerPool:
+    def __init__(self, workers: list[_Worker], hooks: Hooks) -> None:
+        self.workers, self.hooks = workers, hooks
+        self._next_id = 0
+
+    @classmethod
+    async def start(cls, cfg: Any, hooks: Hooks) -> WorkerPool:
+        per_worker = -(-cfg.concurrency // cfg.workers)
+        settings = {
+            "limit": per_worker,
+            "retries": cfg.retries,
+            "connect_timeout": cfg.connect_timeout,
+            "read_timeout": cfg.read_timeout,
+            "tls_verify": cfg.tls_verify,
+            "ca_bundle": cfg.ca_bundle,
+            "log_format": cfg.log_format,
+            "log_level": cfg.log_level,
+        }
+        workers = []
+        for _ in range(cfg.workers):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fetcher.workers",
+                json.dumps(settings),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=_LINE_LIMIT,
+            )
+            workers.append(_Worker(proc))
+        pool = cls(workers, hooks)
+        for worker in workers:
+            worker.reader = asyncio.create_task(pool._read(worker))
+        log.event(
+            "workers",
+            f"{len(workers)} worker processes, {per_worker} requests each",
+            workers=len(workers),
+        )
+        return pool
+
+    async def download(self, task: PartTask, path: Path, url: str) -> str:
+        worker = min(self.workers, key=lambda w: w.busy)
+        self._next_id += 1
+        ident = self._next_id
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        worker.pending[ident] = future
+        worker.busy += 1
+        try:
+            line = json.dumps({"id": ident, "task": asdict(task), "path": str(path), "url": url})
+            assert worker.proc.stdin is not None
+            worker.proc.stdin.write(line.encode() + b"\n")
+            return await future
+        finally:
+            worker.busy -= 1
+            worker.pending.pop(ident, None)
+
+    async def _read(self, worker: _Worker) -> None:
+        assert worker.proc.stdout is not None
+        async for raw in worker.proc.stdout:
+            msg = json.loads(raw)
+            if "h" in msg:
+                self._hook(msg["h"], msg["v"])
+                continue
+            future = worker.pending.get(msg["id"])
+            if future is None or future.done():
+                continue
+            if "digest" in msg:
+                future.set_result(msg["digest"])
+            else:
+                future.set_exception(_rebuild(msg))
+        died = TransientSourceError(
+            f"worker process exited ({worker.proc.returncode})", reason="worker"
+        )
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(died)
+
+    def _hook(self, kind: str, value: Any) -> None:
+        if kind == "b":
+            self.hooks.on_bytes(int(value))
+        elif kind == "r":
+            self.hooks.on_retry(str(value))
+        elif kind == "q":
+            self.hooks.on_request(float(value))
+        elif kind == "i":
+            self.hooks.on_inflight(int(value))
+
+    async def close(self, abort: bool = False) -> None:
+        """Let idle workers exit; on failure or a stop signal, stop them at once (the parts
+        they had in flight are not in the journal, so nothing is lost that counted)."""
+        for worker in self.workers:
+            if abort and worker.proc.returncode is None:
+                worker.proc.terminate()
+            elif worker.proc.stdin is not None and not worker.proc.stdin.is_closing():
+                worker.proc.stdin.close()
+        for worker in self.workers:
+            try:
+                await asyncio.wait_for(worker.proc.wait(), timeout=5)
+            except TimeoutError:
+                worker.proc.kill()
+                await worker.proc.wait()
+            if worker.reader is not None:
+                worker.reader.cancel()
+
+
+def _rebuild(msg: dict[str, Any]) -> FetchError:
+    """The worker's error as the same class of our tree (its message carries no secret)."""
+    cls = getattr(errors, str(msg.get("error")), FetchError)
+    if not (isinstance(cls, type) and issubclass(cls, FetchError)):
+        cls = FetchError
+    if issubclass(cls, TransientSourceError):
+        return TransientSourceError(msg["message"], reason=msg.get("reason") or "other")
+    try:
+        return cls(msg["message"])
+    except TypeError:
+        return FetchError(msg["message"])
+
+
+# --- the worker process ---------------------------------------------------------------------
+
+
+class _PipeHooks:
+    """A worker's hooks: each event is one line to the parent."""
+
+    def on_bytes(self, nbytes: int) -> None:
+        _emit({"h": "b", "v": nbytes})
+
+    def on_retry(self, reason: str) -> None:
+        _emit({"h": "r", "v": reason})
+
+    def on_request(self, seconds: float) -> None:
+        _emit({"h": "q", "v": round(seconds, 6)})
+
+    def on_inflight(self, delta: int) -> None:
+        _emit({"h": "i", "v": delta})
+
+
+def _emit(msg: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(msg, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+async def _serve(settings: dict[str, Any]) -> None:
+    ctx = tls_context(settings["tls_verify"], settings["ca_bundle"])
+    getter = RangeGetter(
+        settings["limit"], settings["connect_timeout"], settings["read_timeout"], ctx
+    )
+    inflight = asyncio.Semaphore(settings["limit"])
+    urls: dict[str, str] = {}
+
+    async def url_for(key: str) -> str:
+        return urls[key]
+
+    parts = PartDownloader(getter, inflight, settings["retries"], url_for, _PipeHooks())
+    fds: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with asyncio.TaskGroup() as tg:
+        async for raw in reader:
+            msg = json.loads(raw)
+            urls[msg["task"]["key"]] = msg["url"]
+            tg.create_task(_one(parts, msg, fds))
+    getter.close()
+    for fd in fds.values():
+        os.close(fd)
+
+
+async def _one(parts: PartDownloader, msg: dict[str, Any], fds: dict[str, int]) -> None:
+    path = msg["path"]
+    try:
+        if path not in fds:
+            with os_errors("open", path):
+                fds[path] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = fds[path]
+
+        def write(data: memoryview, offset: int) -> None:
+            with os_errors("write", path):
+                while data:
+                    n = os.pwrite(fd, data, offset)
+                    data, offset = data[n:], offset + n
+
+        digest = await parts.download(PartTask(**msg["task"]), write)
+        _emit({"id": msg["id"], "digest": digest})
+    except FetchError as exc:
+        _emit(
+            {
+                "id": msg["id"],
+                "error": type(exc).__name__,
+                "message": str(exc),
+                "reason": getattr(exc, "reason", None),
+            }
+        )
+
+
+def main() -> None:
+    import uvloop
+
+    settings = json.loads(sys.argv[1])
+    log.setup(settings["log_format"], settings["log_level"])
+    uvloop.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()
