@@ -77,6 +77,13 @@ class FlipByte:
 
 
 @dataclass(frozen=True)
+class Throttle:
+    """Relay the body unchanged but no faster than `bytes_per_s` (a slow, steady link)."""
+
+    bytes_per_s: float
+
+
+@dataclass(frozen=True)
 class Callback:
     """Call `fn()` in a worker thread before the request goes upstream, then forward it."""
 
@@ -91,7 +98,15 @@ class RewriteBody:
 
 
 Action = (
-    ResetAfter | Stall | Status | Truncate | WrongContentRange | FlipByte | Callback | RewriteBody
+    ResetAfter
+    | Stall
+    | Status
+    | Truncate
+    | WrongContentRange
+    | FlipByte
+    | Callback
+    | RewriteBody
+    | Throttle
 )
 
 
@@ -400,7 +415,8 @@ class FaultProxy:
         writer.write(resp.raw)
         limit = _body_limit(action)
         flip = action.offset if isinstance(action, FlipByte) else None
-        await _send_body(_iter_body(up_reader, framing), writer, record, limit, flip)
+        rate = action.bytes_per_s if isinstance(action, Throttle) else None
+        await _send_body(_iter_body(up_reader, framing), writer, record, limit, flip, rate)
         if isinstance(action, ResetAfter | Stall | Truncate):
             await _hang_up(action, writer)
             return False
@@ -517,10 +533,12 @@ async def _send_body(
     record: Record,
     limit: int | None,
     flip: int | None,
+    rate: float | None = None,
 ) -> None:
     sent = 0
     if limit == 0:
         return
+    began = time.monotonic()
     async for piece, payload in pieces:
         if payload:
             if flip is not None and 0 <= flip - sent < len(piece):
@@ -533,6 +551,9 @@ async def _send_body(
         await writer.drain()
         if limit is not None and sent >= limit:
             return
+        if rate is not None:
+            # Pace against the start of the body, so the average holds whatever the piece sizes.
+            await asyncio.sleep(max(0.0, began + sent / rate - time.monotonic()))
 
 
 def _flip(piece: bytes, index: int) -> bytes:
