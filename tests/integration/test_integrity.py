@@ -273,12 +273,23 @@ def test_remote_bytes_differing_from_manifest_are_refused(
     assert state(dest)["complete"] is False
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # in process, and in worker processes
 def test_part_corrupted_once_in_transit_is_fetched_again(
-    model: Path, published: str, fetch: Callable[..., Result], dest: Path, proxy: FaultProxy
+    model: Path,
+    published: str,
+    fetch: Callable[..., Result],
+    dest: Path,
+    proxy: FaultProxy,
+    workers: str,
 ) -> None:
     proxy.add_fault(FlipByte(1000), path_contains=published + SHARD2, ranged=True, times=1)
     textfile = dest.parent / "metrics.prom"
-    res = fetch(endpoint=proxy.endpoint, MODEL_PREFIX=published, METRICS_TEXTFILE=str(textfile))
+    res = fetch(
+        endpoint=proxy.endpoint,
+        MODEL_PREFIX=published,
+        METRICS_TEXTFILE=str(textfile),
+        FETCH_WORKERS=workers,
+    )
     assert res.code == 0, res.stderr
     assert tree(dest) == model_files(model)
     assert metric(textfile, "model_fetcher_checksum_failures_total") == 1
@@ -379,7 +390,7 @@ def test_shard_removed_from_the_cache_is_found_by_verify(
     (dest / SHARD1).unlink()
     with open(dest / SHARD2, "r+b") as fh:
         fh.truncate(1000)
-    res = fetch("verify")
+    res = fetch("verify", str(dest), MODEL_CACHE_DIR="")
     assert res.code == 4
     problems = json.loads(res.stdout)["problems"]
     assert f"{SHARD1}: missing" in problems
