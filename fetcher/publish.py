@@ -72,7 +72,7 @@ async def publish(cfg: Config) -> int:
     await asyncio.to_thread(check_model, cfg.local_dir, [f.rel for f in files])
     async with Source(cfg) as src:
         up = _Uploader(cfg, src)
-        entries = await asyncio.gather(*(up.hash(f) for f in files))
+        entries = await up.hash_all(files)
         await run_all(up.upload_if_needed(f, e) for f, e in zip(files, entries, strict=True))
         manifest = Manifest(files=list(entries))
         await src.put(cfg.prefix + MANIFEST_NAME, manifest.dumps().encode(), {})
@@ -98,9 +98,21 @@ class _Uploader:
         self.hashing = asyncio.Semaphore(os.cpu_count() or 2)
         self.uploaded = self.skipped = 0
 
+    async def hash_all(self, files: list[LocalFile]) -> list[ManifestFile]:
+        """Manifest entries, in the order of `files`; files are hashed in parallel."""
+        entries: list[ManifestFile | None] = [None] * len(files)
+
+        async def one(i: int) -> None:
+            entries[i] = await self.hash(files[i])
+
+        await run_all(one(i) for i in range(len(files)))
+        return [e for e in entries if e is not None]
+
     async def hash(self, f: LocalFile) -> ManifestFile:
         async with self.hashing:
             whole, parts = await asyncio.to_thread(part_hashes, f.path, self.cfg.part_size)
+        if f.path.stat().st_size != f.size:
+            raise CacheError(f"{f.rel} changed while being published")
         return ManifestFile(f.rel, f.size, whole, self.cfg.part_size, tuple(parts))
 
     async def upload_if_needed(self, f: LocalFile, entry: ManifestFile) -> None:
