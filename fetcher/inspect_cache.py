@@ -39,7 +39,7 @@ def verify_command(cfg: Config) -> int:
 def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
     if not state.files:
         return [f"no model recorded in {cache.dest} (never fetched, or the state is unreadable)"]
-    problems = [] if state.complete else ["the last fetch did not finish: the cache is incomplete"]
+    problems = [] if state.complete else [_incomplete(state)]
     workers = min(len(state.files), os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         checks = dict(
@@ -58,6 +58,13 @@ def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
     except FetchError as exc:
         problems.append(str(exc))
     return problems
+
+
+def _incomplete(state: State) -> str:
+    error = state.last_fetch.get("error")
+    if error:
+        return f"the last fetch failed, the cache is incomplete: {error}"
+    return "the last fetch did not finish: the cache is incomplete"
 
 
 def _check_file(cache: Cache, rel: str, fs: FileState, full: bool) -> str | None:

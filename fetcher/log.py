@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any
 
-_LOGGER = logging.getLogger("model-fetcher")
+NAME = "model-fetcher"
+_LOGGER = logging.getLogger(NAME)
 
 
 class _JsonFormatter(logging.Formatter):

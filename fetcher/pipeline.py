@@ -12,12 +12,13 @@ import asyncio
 import fnmatch
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from . import log
 from .cache import Cache, FileState, State, safe_rel
 from .config import Config
-from .errors import CacheError, SourceUnreachable
+from .errors import CacheError, FetchError, SourceUnreachable
 from .integrity import add_s3_checksums, load_manifest, manifest_jobs
 from .lease import CacheLease
 from .manifest import MANIFEST_NAME, Manifest
@@ -141,8 +142,19 @@ class Fetch:
                 plan = await make_plan(jobs, state, self.cache, self.cfg)
                 if not self.manifest and plan.fetch:
                     await add_s3_checksums(src, plan.fetch)
-                await self._apply(src, plan, state)
+                try:
+                    await self._apply(src, plan, state)
+                except FetchError as exc:
+                    self._record_failure(state, exc)
+                    raise
             return Outcome(state, plan)
+
+    def _record_failure(self, state: State, exc: FetchError) -> None:
+        """Leave the reason in the state, so `verify` and `status` can say it later."""
+        state.complete = False
+        state.last_fetch = {"finished": time.time(), "duration_s": self._took(), "error": str(exc)}
+        with suppress(FetchError):
+            self.cache.save_state(state)
 
     async def _jobs(self, src: Source, listing: list[RemoteObject]) -> list[Job]:
         for obj in listing:
@@ -171,9 +183,9 @@ class Fetch:
     async def _apply(self, src: Source, plan: Plan, state: State) -> None:
         changed = bool(plan.fetch or plan.remove) or not state.complete
         if changed or state.source != source_id(self.cfg):
+            # Files about to be replaced stay recorded (their old copy is still ours to clean
+            # up if the new version never arrives); `complete` says the set is not whole.
             self._prune(plan, state)
-            for job in plan.fetch:
-                state.files.pop(job.obj.rel, None)
             state.source, state.complete = source_id(self.cfg), False
             self.cache.save_state(state)
         self._check_space(plan)
@@ -270,4 +282,4 @@ def summary(outcome: Outcome, started: float) -> None:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

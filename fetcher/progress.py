@@ -118,7 +118,7 @@ class _RichBar:
         # While the bar is live, rich swaps sys.stderr for a proxy that prints above the bar;
         # the log handler still holds the real stream, and its lines would tear the bar.
         if sys.stderr is not stderr:
-            for handler in logging.getLogger("model-fetcher").handlers:  # log.py's
+            for handler in logging.getLogger(log.NAME).handlers:
                 if isinstance(handler, logging.StreamHandler) and handler.stream is stderr:
                     handler.setStream(sys.stderr)
                     self._rerouted.append((handler, stderr))

@@ -29,7 +29,7 @@ from .partget import Part, PartDownloader, PartTask, plan_parts
 from .progress import Progress
 from .rangeget import RangeGetter, tls_context
 from .source import RemoteObject, Source
-from .verify import file_digests, xxh3_range
+from .verify import check_safetensors, file_digests, xxh3_range
 from .workers import WorkerPool
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
@@ -137,7 +137,14 @@ class Transfer:
             parts = [p for p in plan_parts(obj.size, part_size) if p.index not in partial.done]
             await run_all(self._fetch_part(job, p, partial) for p in parts)
             digest, s3_sum = await asyncio.to_thread(_finish, partial, job.expected)
-            _check_whole(job, digest, s3_sum)
+            try:
+                _check_whole(job, digest, s3_sum)
+            except ChecksumMismatch:
+                self.metrics.checksum_failures.inc()
+                raise
+            if obj.rel.endswith(".safetensors"):
+                # Header only (milliseconds): a truncated shard never gets its final name.
+                await asyncio.to_thread(check_safetensors, partial.path, obj.rel)
             mtime_ns = self.cache.commit(partial, obj.rel)
         except IntegrityError:
             partial.discard()  # bad or mixed bytes are never resumed
@@ -153,6 +160,10 @@ class Transfer:
             raise ObjectNotFound(f"{obj.rel} was deleted from the bucket while being fetched")
         new = RemoteObject(obj.key, obj.rel, int(head["ContentLength"]), str(head["ETag"]))
         expected = job.expected
+        if expected.parts and new.size != obj.size:
+            raise ChecksumMismatch(
+                obj.rel, f"{obj.size} bytes (manifest)", f"{new.size} bytes", what="replacement of"
+            )
         if expected.s3_algorithm is not None:  # S3's checksum belonged to the old version
             expected = Expected(source="none")
         log.warning(

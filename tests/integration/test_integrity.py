@@ -317,11 +317,6 @@ def test_part_corrupted_every_time_fails_after_the_retry_budget(
     assert "integrity error" in (dest.parent / "termination-log").read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer._new_version keeps the manifest's part hashes for a new version of another "
-    "size: IndexError, exit 1 (see the issue 3 report)",
-)
 def test_object_replaced_by_another_size_mid_download_is_refused(
     s3: Any, own_copy: str, fetch: Callable[..., Result], dest: Path, proxy: FaultProxy
 ) -> None:
@@ -354,11 +349,6 @@ def test_truncated_shard_is_refused_by_fetch_and_verify(
     assert any(SHARD1 in p and "truncated" in p for p in json.loads(checked.stdout)["problems"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the safetensors checks run after the shard was renamed into place (pipeline, after "
-    "the transfer); they belong before cache.commit in transfer._fetch_version",
-)
 def test_truncated_shard_never_appears_under_its_final_name(
     model: Path, put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
 ) -> None:
