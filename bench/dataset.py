@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ _UPLOAD = TransferConfig(
     multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4
 )
 
+MANIFEST = ".model-manifest.json"
+Publisher = Callable[[Path, str], None]  # (local directory, prefix)
 Digests = dict[str, str]  # path relative to the prefix -> xxh3-128 hex
 
 
@@ -35,8 +37,9 @@ class Uploaded:
     """A model in the bucket: its prefix, the digest of each file, and its total size."""
 
     prefix: str
-    digests: Digests
+    digests: Digests  # the model's files: every tool must write exactly these
     total_bytes: int
+    optional: Digests = field(default_factory=dict)  # checked when written, not required
 
 
 def xxh3_file(path: Path) -> str:
@@ -74,14 +77,25 @@ def make_tiny(workdir: Path) -> Path:
     return dest
 
 
-def upload(client: Any, local: Path, prefix: str) -> Uploaded:
-    """Upload every file of `local` under `prefix`, then delete `local`."""
+def upload(client: Any, local: Path, prefix: str, publisher: Publisher | None) -> Uploaded:
+    """Upload every file of `local` under `prefix`, then delete `local`.
+
+    With a publisher (`model-fetcher publish`) the upload carries a `.model-manifest.json`.
+    It is the fetcher's metadata, not part of the model: copy tools download it, model-fetcher
+    need not, so it is checked where present but not required (nor counted in the size).
+    """
     digests = digest_tree(local)
     total = sum((local / rel).stat().st_size for rel in digests)
-    for rel in digests:
-        client.upload_file(str(local / rel), BUCKET, prefix + rel, Config=_UPLOAD)
+    optional = {}
+    if publisher:
+        publisher(local, prefix)
+        manifest = client.get_object(Bucket=BUCKET, Key=prefix + MANIFEST)["Body"].read()
+        optional[MANIFEST] = xxhash.xxh3_128_hexdigest(manifest)
+    else:
+        for rel in digests:
+            client.upload_file(str(local / rel), BUCKET, prefix + rel, Config=_UPLOAD)
     shutil.rmtree(local)
-    return Uploaded(prefix, digests, total)
+    return Uploaded(prefix, digests, total, optional)
 
 
 def ensure_bucket(client: Any) -> None:

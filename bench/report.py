@@ -121,8 +121,10 @@ def _ratio(a: Summary, b: Summary) -> str:
     )
 
 
-def noise_warning(rows: Sequence[Summary], limit: float) -> str | None:
-    noisy = [r for r in rows if r.status == "ok" and r.other_cpu_share > limit]
+def noise_warning(rows: Sequence[Summary], limit: float, min_wall_s: float) -> str | None:
+    noisy = [
+        r for r in rows if r.status == "ok" and r.other_cpu_share > limit and r.wall_s >= min_wall_s
+    ]
     if not noisy:
         return None
     shares = ", ".join(f"{r.tool} {r.other_cpu_share:.0%}" for r in noisy)

@@ -138,7 +138,9 @@ def _failure(m: Measurement, plan: Plan, dest: Path, log: Path) -> str | None:
         return f"timed out after {plan.timeout_s:.0f}s; log: {log}\n{_tail(log)}"
     if m.exit_code != 0:
         return f"exit code {m.exit_code}; log: {log}\n{_tail(log)}"
-    return _compare(plan.model.digests, digest_tree(dest, exclude=[FETCHER_STATE]))
+    got = digest_tree(dest, exclude=[FETCHER_STATE])
+    expected = plan.model.digests | {k: v for k, v in plan.model.optional.items() if k in got}
+    return _compare(expected, got)
 
 
 def _compare(expected: dict[str, str], got: dict[str, str]) -> str | None:

@@ -77,17 +77,30 @@ def _aws_env(source: Source) -> dict[str, str]:
     }
 
 
-def _fetcher(tool: Tool, source: Source, dest: Path) -> tuple[list[str], dict[str, str]]:
-    env = {
+def _fetcher_env(source: Source) -> dict[str, str]:
+    return {
         "MINIO_ENDPOINT": source.endpoint,
         "MINIO_BUCKET": source.bucket,
         "MODEL_PREFIX": source.prefix,
-        "MODEL_CACHE_DIR": str(dest),
         "MINIO_ACCESS_KEY": source.access_key,
         "MINIO_SECRET_KEY": source.secret_key,
         "LOG_FORMAT": "json",
     }
-    return [binary("model-fetcher")], env
+
+
+def _fetcher(tool: Tool, source: Source, dest: Path) -> tuple[list[str], dict[str, str]]:
+    return [binary("model-fetcher")], {**_fetcher_env(source), "MODEL_CACHE_DIR": str(dest)}
+
+
+def publish(source: Source, local: Path) -> None:
+    """`model-fetcher publish`: upload `local` with its .model-manifest.json (not measured)."""
+    url = f"s3://{source.bucket}/{source.prefix}"
+    argv = [binary("model-fetcher"), "publish", str(local), url]
+    env = {**base_env(), **_fetcher_env(source)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-10:])
+        raise RuntimeError(f"model-fetcher publish exited {done.returncode}:\n{tail}")
 
 
 def _s5cmd(tool: Tool, source: Source, dest: Path) -> tuple[list[str], dict[str, str]]:
