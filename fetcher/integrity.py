@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from . import log
 from .cache import Cache, write_json_atomic
 from .manifest import MANIFEST_NAME, Manifest, ManifestError
-from .source import RemoteObject, Source
+from .remote import ControlPlane, RemoteObject
 from .transfer import Expected, Job, run_all
 
 # Full-object checksums we can recompute locally, best first. CRC32C needs a native library
@@ -24,7 +24,9 @@ _HEADS_INFLIGHT = 16
 _COMPOSITE = re.compile(r"-\d+$")
 
 
-async def load_manifest(src: Source, cache: Cache, listing: list[RemoteObject]) -> Manifest | None:
+async def load_manifest(
+    src: ControlPlane, cache: Cache, listing: list[RemoteObject]
+) -> Manifest | None:
     """The remote manifest, from the local copy when its ETag is unchanged (no GET)."""
     entry = next((o for o in listing if o.rel == MANIFEST_NAME), None)
     if entry is None:
@@ -73,7 +75,7 @@ def manifest_jobs(
     ]
 
 
-async def add_s3_checksums(src: Source, jobs: list[Job]) -> None:
+async def add_s3_checksums(src: ControlPlane, jobs: list[Job]) -> None:
     """Without a manifest: ask S3 for full-object checksums of the files to download."""
     inflight = asyncio.Semaphore(_HEADS_INFLIGHT)
     unverified: list[str] = []

@@ -24,7 +24,7 @@ from .lease import CacheLease
 from .manifest import MANIFEST_NAME, Manifest
 from .metrics import Metrics
 from .progress import Progress
-from .source import RemoteObject, Source
+from .remote import ControlPlane, RemoteObject, open_source
 from .transfer import Job, Transfer
 from .verify import check_model, xxh3_file
 
@@ -133,7 +133,7 @@ class Fetch:
         self.cache.prepare()
         async with CacheLease(self.cache, self.cfg.identity, self.cfg.lease_ttl):
             state = self.cache.load_state()
-            async with Source(self.cfg) as src:
+            async with open_source(self.cfg) as src:
                 try:
                     listing = await src.list_prefix(self.cfg.prefix)
                 except SourceUnreachable as exc:
@@ -156,7 +156,7 @@ class Fetch:
         with suppress(FetchError):
             self.cache.save_state(state)
 
-    async def _jobs(self, src: Source, listing: list[RemoteObject]) -> list[Job]:
+    async def _jobs(self, src: ControlPlane, listing: list[RemoteObject]) -> list[Job]:
         for obj in listing:
             safe_rel(obj.rel)
         objs = selected(listing, self.cfg.include, self.cfg.exclude)
@@ -180,7 +180,7 @@ class Fetch:
         self._record_totals(state.files.values(), cached=True)
         return Outcome(state, Plan(), served_offline=True)
 
-    async def _apply(self, src: Source, plan: Plan, state: State) -> None:
+    async def _apply(self, src: ControlPlane, plan: Plan, state: State) -> None:
         changed = bool(plan.fetch or plan.remove) or not state.complete
         if changed or state.source != source_id(self.cfg):
             # Files about to be replaced stay recorded (their old copy is still ours to clean

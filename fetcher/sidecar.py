@@ -21,7 +21,7 @@ from .config import Config
 from .errors import FetchError
 from .metrics import Metrics, MetricsServer
 from .pipeline import Fetch, selected, summary
-from .source import Source
+from .remote import open_source
 
 DEFAULT_PORT = 9090
 
@@ -77,7 +77,7 @@ async def _watch(cfg: Config, metrics: Metrics) -> None:
 async def remote_drift(cfg: Config) -> int:
     """Files new, changed or gone in the bucket compared with what the cache holds."""
     state = Cache(cfg.dest).load_state()
-    async with Source(cfg) as src:
+    async with open_source(cfg) as src:
         listing = selected(await src.list_prefix(cfg.prefix), cfg.include, cfg.exclude)
     remote = {o.rel: (o.size, o.etag) for o in listing}
     local = {rel: (fs.size, fs.etag) for rel, fs in state.files.items()}

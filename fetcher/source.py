@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any
 
 from aiobotocore.session import get_session
@@ -35,17 +34,8 @@ from .errors import (
     SourceError,
     SourceUnreachable,
 )
+from .remote import RemoteObject
 from .s3errors import map_s3_error
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteObject:
-    """One listed object; `rel` is its key relative to the prefix (the path under DEST)."""
-
-    key: str
-    rel: str
-    size: int
-    etag: str
 
 
 def map_client_error(exc: ClientError, what: str) -> FetchError:

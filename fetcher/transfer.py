@@ -28,7 +28,7 @@ from .metrics import Metrics
 from .partget import Part, PartDownloader, PartTask, plan_parts
 from .progress import Progress
 from .rangeget import RangeGetter, tls_context
-from .source import RemoteObject, Source
+from .remote import ControlPlane, RemoteObject
 from .verify import check_safetensors, file_digests, xxh3_range
 from .workers import WorkerPool
 
@@ -84,7 +84,7 @@ OnCommit = Callable[[str, FileState], Awaitable[None]]
 
 class Transfer:
     def __init__(
-        self, cfg: Config, source: Source, cache: Cache, metrics: Metrics, progress: Progress
+        self, cfg: Config, source: ControlPlane, cache: Cache, metrics: Metrics, progress: Progress
     ) -> None:
         self.cfg, self.source, self.cache = cfg, source, cache
         self.metrics, self.progress = metrics, progress

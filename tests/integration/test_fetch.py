@@ -286,3 +286,44 @@ def test_missing_bucket_exits_3(fetch: Callable[..., Result]) -> None:
     res = fetch(MINIO_BUCKET="no-such-bucket")
     assert res.code == 3
     assert "no-such-bucket" in res.stderr
+
+
+def test_botocore_credential_chain_without_keys(
+    s3_server: SeaweedServer,
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    """No keys in the environment: botocore's chain (here a shared credentials file, in a pod
+    IRSA / web identity) signs, through the aiobotocore control plane."""
+    put("config.json", b"{}")
+    put("weights.bin", os.urandom(3 * PART))
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        f"[default]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
+    )
+    res = fetch(
+        MINIO_ACCESS_KEY="",
+        MINIO_SECRET_KEY="",
+        AWS_SHARED_CREDENTIALS_FILE=str(creds),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        FETCH_PART_SIZE=str(PART),
+    )
+    assert res.code == 0, res.stderr
+    assert len(tree(dest)) == 2
+    wrong = tmp_path / "wrong"
+    wrong.write_text(
+        f"[default]\naws_access_key_id = {s3_server.access_key}\n"
+        "aws_secret_access_key = not-the-secret-7c1\n"
+    )
+    res = fetch(
+        MINIO_ACCESS_KEY="",
+        MINIO_SECRET_KEY="",
+        AWS_SHARED_CREDENTIALS_FILE=str(wrong),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        MODEL_CACHE_DIR=str(tmp_path / "other"),
+    )
+    assert res.code == 3
+    assert "not-the-secret-7c1" not in res.stderr

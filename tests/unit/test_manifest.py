@@ -15,7 +15,7 @@ from fetcher.errors import EXIT_INTEGRITY, CacheError, IntegrityError, UnsafeKey
 from fetcher.integrity import manifest_jobs, s3_expected
 from fetcher.manifest import MANIFEST_NAME, Manifest, ManifestError, ManifestFile
 from fetcher.publish import local_files, upload_part_size
-from fetcher.source import RemoteObject
+from fetcher.remote import RemoteObject
 from fetcher.verify import part_hashes
 
 MiB = 1 << 20

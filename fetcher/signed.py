@@ -1,0 +1,226 @@
+"""The S3 control plane without an SDK client: SigV4 from botocore.auth, requests by urllib.
+
+Used when the pod gives static keys (or anonymous access), which is the platform's case; see
+remote.py for why. botocore still does the signing, so nothing about SigV4 is hand-written
+here: only the four requests a fetch makes (ListObjectsV2, HEAD, GET of the manifest, and
+presigned GET URLs for the byte path) and the parsing of their answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+from xml.etree import ElementTree
+
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+
+from .config import Config
+from .errors import FetchError, ObjectNotFound, SourceUnreachable, TransientSourceError
+from .rangeget import tls_context
+from .remote import RemoteObject
+from .s3errors import map_s3_error
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_ATTEMPTS = 3  # like botocore's standard retry mode for the control plane
+_MAX_BODY = 256 << 20  # the manifest's own ceiling (integrity.MAX_MANIFEST)
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """What botocore's signers read: static keys, never logged."""
+
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+
+class SignedSource:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg, self.bucket = cfg, cfg.bucket
+        self.endpoint = (cfg.endpoint or f"https://s3.{cfg.region}.amazonaws.com").rstrip("/")
+        self.creds = (
+            None
+            if cfg.anonymous
+            else _Credentials(str(cfg.access_key), str(cfg.secret_key), cfg.session_token)
+        )
+        https = self.endpoint.startswith("https")
+        self.ssl = tls_context(cfg.tls_verify, cfg.ca_bundle) if https else None
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self.ssl)
+            if self.ssl
+            else urllib.request.HTTPHandler()
+        )
+
+    async def __aenter__(self) -> SignedSource:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def _url(self, key: str = "", query: Mapping[str, str] | None = None) -> str:
+        path = f"/{self.bucket}" + (f"/{quote(key, safe='/~')}" if key else "")
+        return self.endpoint + path + (f"?{urlencode(query)}" if query else "")
+
+    # -- requests --------------------------------------------------------------------------
+    def _signed(self, method: str, url: str, headers: Mapping[str, str]) -> urllib.request.Request:
+        req = AWSRequest(method=method, url=url, headers=dict(headers))
+        if self.creds is not None:
+            S3SigV4Auth(self.creds, "s3", self.cfg.region).add_auth(req)
+        return urllib.request.Request(url, method=method, headers=dict(req.headers.items()))
+
+    def _send(
+        self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[Mapping[str, str], bytes]:
+        """One request with its retries, in a worker thread; errors mapped into ours."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return self._once(method, url, what, headers or {})
+            except (TransientSourceError, SourceUnreachable) as exc:
+                if attempt == _ATTEMPTS or _is_tls(exc):
+                    raise
+                import time
+
+                time.sleep(random.uniform(0, 0.2 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _once(
+        self, method: str, url: str, what: str, headers: Mapping[str, str]
+    ) -> tuple[Mapping[str, str], bytes]:
+        timeout = self.cfg.connect_timeout + self.cfg.read_timeout
+        try:
+            with self.opener.open(self._signed(method, url, headers), timeout=timeout) as resp:
+                return dict(resp.headers.items()), resp.read(_MAX_BODY + 1)
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc, what) from None
+        except urllib.error.URLError as exc:
+            raise self._unreachable(exc.reason) from None
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, reason: object) -> FetchError:
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return SourceUnreachable(
+                f"TLS certificate of {self.endpoint} not trusted: {reason.verify_message} "
+                "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
+            )
+        if isinstance(reason, ssl.SSLError):
+            return SourceUnreachable(f"TLS error with {self.endpoint}: {reason.reason}")
+        text = getattr(reason, "strerror", None) or str(reason)
+        return SourceUnreachable(f"cannot reach {self.endpoint}: {text}")
+
+    async def _call(
+        self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[Mapping[str, str], bytes]:
+        return await asyncio.to_thread(self._send, method, url, what, headers)
+
+    # -- the four operations -----------------------------------------------------------------
+    async def list_prefix(self, prefix: str) -> list[RemoteObject]:
+        found: list[RemoteObject] = []
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+            if token:
+                query["continuation-token"] = token
+            _, body = await self._call(
+                "GET", self._url(query=query), f"list s3://{self.bucket}/{prefix}"
+            )
+            page, token = _parse_listing(body, prefix)
+            found += page
+            if not token:
+                break
+        if not found:
+            raise ObjectNotFound(f"nothing under s3://{self.bucket}/{prefix}")
+        return found
+
+    async def head(self, key: str) -> Mapping[str, Any] | None:
+        try:
+            headers, _ = await self._call("HEAD", self._url(key), f"head s3://{self.bucket}/{key}")
+        except ObjectNotFound:
+            return None
+        lower = {k.lower(): v for k, v in headers.items()}
+        return {
+            "ContentLength": int(lower.get("content-length", "0")),
+            "ETag": lower.get("etag", ""),
+            "Metadata": _user_metadata(lower),
+        }
+
+    async def head_checksums(self, key: str) -> Mapping[str, str]:
+        headers, _ = await self._call(
+            "HEAD",
+            self._url(key),
+            f"head s3://{self.bucket}/{key}",
+            {"x-amz-checksum-mode": "ENABLED"},
+        )
+        lower = {k.lower(): v for k, v in headers.items()}
+        if lower.get("x-amz-checksum-type", "FULL_OBJECT") != "FULL_OBJECT":
+            return {}  # a composite multipart checksum is not a checksum of the bytes
+        names = {
+            "sha256": "ChecksumSHA256",
+            "crc32": "ChecksumCRC32",
+            "crc32c": "ChecksumCRC32C",
+            "sha1": "ChecksumSHA1",
+        }
+        return {
+            name: lower[f"x-amz-checksum-{algo}"]
+            for algo, name in names.items()
+            if lower.get(f"x-amz-checksum-{algo}")
+        }
+
+    async def get_bytes(self, key: str, etag: str | None = None) -> bytes:
+        headers = {"If-Match": etag} if etag else {}
+        _, body = await self._call("GET", self._url(key), f"get s3://{self.bucket}/{key}", headers)
+        return body
+
+    async def presign_get(self, key: str, expires: int = 3600) -> str:
+        url = self._url(key)
+        if self.creds is None:
+            return url
+        req = AWSRequest(method="GET", url=url)
+        S3SigV4QueryAuth(self.creds, "s3", self.cfg.region, expires=expires).add_auth(req)
+        return str(req.url)
+
+
+def _parse_listing(body: bytes, prefix: str) -> tuple[list[RemoteObject], str | None]:
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise TransientSourceError(f"unreadable listing: {exc}", reason="protocol") from None
+    page = []
+    for item in root.iter(f"{_NS}Contents"):
+        key = unquote(item.findtext(f"{_NS}Key") or "")
+        size = int(item.findtext(f"{_NS}Size") or "0")
+        if key.endswith("/") and size == 0:
+            continue  # a "directory marker", not a file
+        page.append(RemoteObject(key, key[len(prefix) :], size, item.findtext(f"{_NS}ETag") or ""))
+    truncated = (root.findtext(f"{_NS}IsTruncated") or "false") == "true"
+    return page, (root.findtext(f"{_NS}NextContinuationToken") if truncated else None)
+
+
+def _http_error(exc: urllib.error.HTTPError, what: str) -> FetchError:
+    body = exc.read(64 << 10) if exc.fp is not None else b""
+    try:
+        root = ElementTree.fromstring(body) if body else None
+    except ElementTree.ParseError:
+        root = None
+    code = (root.findtext("Code") or "") if root is not None else ""
+    message = (root.findtext("Message") or "") if root is not None else ""
+    return map_s3_error(exc.code, code, message, what)
+
+
+def _user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k[len("x-amz-meta-") :]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
+
+
+def _is_tls(exc: FetchError) -> bool:
+    return "TLS" in str(exc)
