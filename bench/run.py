@@ -28,7 +28,7 @@ from bench.chart import write_chart
 from bench.machine import machine_info
 from bench.runner import Plan, Run, drop_caches_possible, run_once
 from bench.tools import TOOL_NAMES, Source, Tool, publish, select, versions
-from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
+from devtools.seaweed import SeaweedServer, boto3_client
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -137,16 +137,14 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=opts.workdir))
-    server = start_temporary()
     try:
-        return _bench(opts, server, workdir)
+        with SeaweedServer(workdir=workdir / "server") as server:
+            return _bench(opts, server, workdir)
     finally:
-        server.stop()
-        if not opts.keep_workdir:
-            shutil.rmtree(server.workdir, ignore_errors=True)
-            shutil.rmtree(workdir, ignore_errors=True)
+        if opts.keep_workdir:
+            print(f"kept {workdir}")
         else:
-            print(f"kept {workdir} and {server.workdir}")
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _bench(opts: Options, server: SeaweedServer, workdir: Path) -> int:
@@ -274,8 +272,12 @@ def _describe(run: Run) -> str:
     speed = f"{run.bytes / 2**20 / run.wall_s:8.0f} MiB/s" if run.phase == "model" else ""
     return (
         f"[{run.phase} {label}] {run.tool:<24} {run.wall_s:7.2f}s {speed}  cpu {run.cpu_s:6.2f}s"
-        f"  rss {run.peak_rss_mib:5.0f} MiB  others {run.other_cpu_share:4.0%}"
+        f"  rss {run.peak_rss_mib:5.0f} MiB  others {_others(run)}"
     )
+
+
+def _others(run: Run) -> str:
+    return f"{run.other_cpu_share:4.0%}" if run.wall_s >= _NOISE_MIN_WALL_S else "   -"
 
 
 def _status(run: Run) -> str:
