@@ -18,6 +18,7 @@ from . import log
 from .cache import Cache, FileState, Partial
 from .config import Config
 from .errors import (
+    CacheError,
     ChecksumMismatch,
     FetchError,
     IntegrityError,
@@ -29,7 +30,7 @@ from .partget import Part, PartDownloader, PartTask, plan_parts
 from .progress import Progress
 from .rangeget import RangeGetter, tls_context
 from .remote import ControlPlane, RemoteObject
-from .verify import check_safetensors, file_digests, xxh3_range
+from .verify import FileDigests, check_safetensors, xxh3_range
 from .workers import WorkerPool
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
@@ -101,7 +102,9 @@ class Transfer:
         try:
             if self.cfg.workers > 1 and jobs:
                 self.pool = await WorkerPool.start(self.cfg, self.hooks)
-            await run_all(self._fetch_file(job, on_commit) for job in jobs)
+            # Small files first: config and tokenizer land at once; parts are served in order.
+            ordered = sorted(jobs, key=lambda job: job.obj.size)
+            await run_all(self._fetch_file(job, on_commit) for job in ordered)
         except BaseException:
             if self.pool is not None:
                 await self.pool.close(abort=True)
@@ -134,9 +137,12 @@ class Transfer:
         partial = self.cache.open_partial(obj.key, obj.etag, obj.size, part_size)
         try:
             await self._recheck_resumed(partial, job)
-            parts = [p for p in plan_parts(obj.size, part_size) if p.index not in partial.done]
-            await run_all(self._fetch_part(job, p, partial) for p in parts)
-            digest, s3_sum = await asyncio.to_thread(_finish, partial, job.expected)
+            every = plan_parts(obj.size, part_size)
+            whole = RunningHash(partial, every, job.expected.s3_algorithm)
+            todo = [p for p in every if p.index not in partial.done]
+            await run_all(self._fetch_part(job, p, partial, whole) for p in todo)
+            digest, s3_sum = await whole.result()
+            await asyncio.to_thread(_sync_and_release, partial)
             try:
                 _check_whole(job, digest, s3_sum)
             except ChecksumMismatch:
@@ -199,13 +205,14 @@ class Transfer:
                 parts_kept=len(partial.done),
             )
 
-    async def _fetch_part(self, job: Job, part: Part, partial: Partial) -> None:
+    async def _fetch_part(self, job: Job, part: Part, partial: Partial, whole: RunningHash) -> None:
         expected = job.expected.parts[part.index] if job.expected.parts else None
         failures = 0
         while True:
             digest = await self._download_part(job.obj, part, partial)
             if expected is None or digest == expected:
                 partial.mark_done(part.index, digest, part.start, part.length)
+                await whole.advance()
                 return
             failures += 1
             self.metrics.checksum_failures.inc()
@@ -236,12 +243,42 @@ class Transfer:
         return url
 
 
-def _finish(partial: Partial, expected: Expected) -> tuple[str, str | None]:
-    """In a thread: make the bytes durable, hash the whole file, release its page cache."""
+class RunningHash:
+    """The whole-file hash, advanced over the file's finished prefix while later parts are
+    still downloading, so the last file is not read again from its start after its last byte
+    (that tail was ~0.2 s of idle network per GiB shard). It still reads the bytes back from
+    the file, in file order: it checks what is on disk, not what the sockets delivered."""
+
+    def __init__(self, partial: Partial, parts: list[Part], s3_algorithm: str | None) -> None:
+        self.partial, self.parts = partial, parts
+        self.digests = FileDigests(s3_algorithm)
+        self.next = 0
+        self.lock = asyncio.Lock()
+
+    async def advance(self) -> None:
+        if self.lock.locked():
+            return  # the running advance re-checks after each part it hashes
+        async with self.lock:
+            await self._hash_ready_parts()
+
+    async def _hash_ready_parts(self) -> None:
+        while self.next < len(self.parts) and self.parts[self.next].index in self.partial.done:
+            length = max(self.parts[self.next].length, 0)
+            await asyncio.to_thread(self.digests.feed, self.partial.fd, length)
+            self.next += 1
+
+    async def result(self) -> tuple[str, str | None]:
+        async with self.lock:
+            await self._hash_ready_parts()
+        if self.next != len(self.parts):
+            raise CacheError(f"{self.partial.path}: part {self.next} missing at the final hash")
+        return self.digests.result()
+
+
+def _sync_and_release(partial: Partial) -> None:
+    """In a thread: make the bytes durable, then release their page cache."""
     partial.sync()
-    digests = file_digests(partial.fd, partial.size, expected.s3_algorithm)
     partial.drop_page_cache()
-    return digests
 
 
 def _check_whole(job: Job, digest: str, s3_sum: str | None) -> None:

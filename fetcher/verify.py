@@ -322,23 +322,38 @@ def check_model(model_dir: Path, files: Iterable[str]) -> None:
 # --- S3 checksums ----------------------------------------------------------------------------
 
 
+class FileDigests:
+    """xxh3-128 of a whole file and, in the same pass, S3's checksum `extra` (sha256, sha1 or
+    crc32, base64 as S3 reports it), fed range by range in file order from the file itself."""
+
+    def __init__(self, extra: str | None = None) -> None:
+        self.xxh3 = xxhash.xxh3_128()
+        self.other: Any = _s3_hasher(extra) if extra else None
+        self.hashed = 0  # bytes from offset 0 already fed
+
+    def feed(self, fd: int, length: int) -> None:
+        """Hash the next `length` bytes of the file (a thread: large reads, GIL released)."""
+        view = memoryview(bytearray(max(1, min(length, HASH_BLOCK))))
+        end = self.hashed + length
+        while self.hashed < end:
+            n = _pread_into(fd, view[: min(len(view), end - self.hashed)], self.hashed)
+            if n == 0:
+                raise CacheError(f"file ended at {self.hashed} of {end} bytes while hashing")
+            self.xxh3.update(view[:n])
+            if self.other is not None:
+                self.other.update(view[:n])
+            self.hashed += n
+
+    def result(self) -> tuple[str, str | None]:
+        other = base64.b64encode(self.other.digest()).decode() if self.other is not None else None
+        return str(self.xxh3.hexdigest()), other
+
+
 def file_digests(fd: int, size: int, extra: str | None = None) -> tuple[str, str | None]:
-    """xxh3-128 hex of the whole file and, in the same pass, S3's checksum `extra`
-    (sha256, sha1 or crc32), base64-encoded as S3 reports it."""
-    h = xxhash.xxh3_128()
-    other: Any = _s3_hasher(extra) if extra else None
-    view = memoryview(bytearray(max(1, min(size, HASH_BLOCK))))
-    done = 0
-    while done < size:
-        n = _pread_into(fd, view[: min(len(view), size - done)], done)
-        if n == 0:
-            raise CacheError(f"file ended at {done} of {size} bytes while hashing")
-        h.update(view[:n])
-        if other is not None:
-            other.update(view[:n])
-        done += n
-    digest: str = h.hexdigest()
-    return digest, (base64.b64encode(other.digest()).decode() if other is not None else None)
+    """Both digests of a whole file in one pass (see FileDigests)."""
+    digests = FileDigests(extra)
+    digests.feed(fd, size)
+    return digests.result()
 
 
 class _Crc32:
