@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
+from tests.faults.proxy import FaultProxy
 
 BUCKET = "llm-models"
 _SCRUB = (
@@ -69,6 +70,13 @@ def put(s3: Any, prefix: str) -> Callable[[str, bytes], None]:
         s3.put_object(Bucket=BUCKET, Key=prefix + rel, Body=data)
 
     return put_object
+
+
+@pytest.fixture
+def proxy(s3_server: SeaweedServer) -> Iterator[FaultProxy]:
+    """A fault-injecting, request-counting proxy in front of the server (stopped by the test)."""
+    with FaultProxy("127.0.0.1", s3_server.ports["s3.port"]) as p:
+        yield p
 
 
 @dataclass

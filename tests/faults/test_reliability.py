@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,6 @@ from tests.faults.proxy import (
 )
 
 PART = 256 * 1024
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", s3_server.ports["s3.port"]) as p:
-        yield p
 
 
 def metric(path: Path, name: str, **labels: str) -> float:
@@ -261,11 +255,19 @@ def wait_for_parts(dest: Path, n: int, timeout: float = 30) -> None:
 
 
 @pytest.mark.parametrize(
-    ("sig", "code"), [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)]
+    ("sig", "code", "workers"),
+    [
+        (signal.SIGKILL, -9, 1),
+        (signal.SIGTERM, 143, 1),
+        (signal.SIGINT, 130, 1),
+        (signal.SIGTERM, 143, 2),
+    ],
+    ids=["kill-9", "sigterm", "sigint", "sigterm-2-workers"],
 )
 def test_stopped_fetch_resumes_only_missing_parts(
     sig: signal.Signals,
     code: int,
+    workers: int,
     s3_server: SeaweedServer,
     put: Callable[[str, bytes], None],
     dest: Path,
@@ -280,6 +282,7 @@ def test_stopped_fetch_resumes_only_missing_parts(
         **pod_env(s3_server, prefix, dest, proxy.endpoint),
         "FETCH_PART_SIZE": str(PART),
         "FETCH_CONCURRENCY": "2",
+        "FETCH_WORKERS": str(workers),
     }
     proc = popen_fetcher(env)
     wait_for_parts(dest, 6)
@@ -462,31 +465,3 @@ def test_worker_processes_split_the_parts(
     assert metric(textfile, "model_fetcher_retries_total", reason="reset") == 1
     assert metric(textfile, "model_fetcher_bytes_downloaded_total") >= sum(map(len, files.values()))
     assert len({r.conn for r in proxy.requests if prefix in r.path}) >= 2
-
-
-def test_worker_processes_stop_on_sigterm_and_resume(
-    s3_server: SeaweedServer,
-    put: Callable[[str, bytes], None],
-    dest: Path,
-    proxy: FaultProxy,
-    prefix: str,
-) -> None:
-    data = os.urandom(16 * PART)
-    put("weights.bin", data)
-    proxy.add_fault(Stall(60, after=0), method="GET", path_contains=prefix, times=None, skip=6)
-    env = {
-        **pod_env(s3_server, prefix, dest, proxy.endpoint),
-        "FETCH_PART_SIZE": str(PART),
-        "FETCH_CONCURRENCY": "4",
-        "FETCH_WORKERS": "2",
-    }
-    proc = popen_fetcher(env)
-    wait_for_parts(dest, 6)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 143
-    proc.communicate()
-    proxy.reset()
-    res = run_fetcher([], env)
-    assert res.code == 0, res.stderr
-    assert (dest / "weights.bin").read_bytes() == data
-    assert res.events("resume")[0]["parts_kept"] >= 6

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from devtools.seaweed import SeaweedServer
 from tests.conftest import BUCKET, Result, tree
 from tests.faults.proxy import FaultProxy
 
 PART = 256 * 1024  # small parts make multi-part files cheap to test
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", s3_server.ports["s3.port"]) as p:
-        yield p
 
 
 def state(dest: Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,6 @@ def own_copy(s3: Any, published: str, prefix: str) -> str:
             Bucket=BUCKET, Key=prefix + rel, CopySource={"Bucket": BUCKET, "Key": item["Key"]}
         )
     return prefix
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", s3_server.ports["s3.port"]) as p:
-        yield p
 
 
 @pytest.fixture

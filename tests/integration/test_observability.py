@@ -92,12 +92,6 @@ def pushgateway(
     server.stop()
 
 
-@pytest.fixture
-def proxy(s3_server: SeaweedServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", s3_server.ports["s3.port"]) as p:
-        yield p
-
-
 def throttle(proxy: FaultProxy, prefix: str, bytes_per_s: float) -> None:
     """Every object GET under the prefix (not the LIST) at a slow, steady rate."""
     proxy.add_fault(Fault(Throttle(bytes_per_s), method="GET", path_contains=prefix, times=None))
