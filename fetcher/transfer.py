@@ -211,7 +211,10 @@ class Transfer:
         while True:
             digest = await self._download_part(job.obj, part, partial)
             if expected is None or digest == expected:
-                partial.mark_done(part.index, digest, part.start, part.length)
+                partial.mark_done(part.index, digest)
+                # No sync_file_range() to start writeback per part: measured (A/B, same run,
+                # 4 GiB, 5 rounds) at 404 MiB/s and 2.3 CPU-s/GiB against 1093 MiB/s and 0.60
+                # without it; on the event loop it was as bad. The fsync before commit does it.
                 await whole.advance()
                 return
             failures += 1
