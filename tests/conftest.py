@@ -146,3 +146,15 @@ def tree(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and ".fetcher" not in p.relative_to(root).parts
     }
+
+
+def metric(path: Path, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels in a textfile; absent is an error."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in path.read_text().splitlines()
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    ]
+    if not values:
+        raise AssertionError(f"{name}{labels or ''} not in {path}")
+    return sum(values)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devtools.seaweed import SeaweedServer, free_port
-from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
+from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import (
     Callback,
     FaultProxy,
@@ -28,14 +28,6 @@ from tests.faults.proxy import (
 )
 
 PART = 256 * 1024
-
-
-def metric(path: Path, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in path.read_text().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def no_partial_under_final_names(dest: Path) -> None:

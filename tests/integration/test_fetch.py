@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.seaweed import SeaweedServer
-from tests.conftest import BUCKET, Result, tree
+from tests.conftest import BUCKET, Result, metric, tree
 from tests.faults.proxy import FaultProxy
 
 PART = 256 * 1024  # small parts make multi-part files cheap to test
@@ -52,13 +52,6 @@ def test_cold_fetch_sizes_are_byte_identical(
 
 def sizes_by_file(files: dict[str, bytes]) -> dict[str, int]:
     return {rel: len(data) for rel, data in files.items()}
-
-
-def metric(path: Path, name: str, **labels: str) -> float:
-    for line in path.read_text().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in {path}")
 
 
 def test_nested_keys(
