@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import time
 from contextlib import suppress
 from typing import IO, Any
@@ -16,6 +17,7 @@ class Progress:
     def __init__(self, total_bytes: int, total_files: int, interval: float, bar: bool) -> None:
         self.total, self.files_total = total_bytes, total_files
         self.done = 0
+        self._lock = threading.Lock()
         self.resumed_bytes = 0  # left by an earlier run: done, but not part of this run's rate
         self.files_done = 0
         self.interval = interval
@@ -24,7 +26,8 @@ class Progress:
         self._task: asyncio.Task[None] | None = None
 
     def add(self, nbytes: int) -> None:
-        self.done += nbytes
+        with self._lock:  # called from the writer threads
+            self.done += nbytes
         if self._bar is not None:
             self._bar.advance(nbytes)
 

@@ -17,7 +17,9 @@ import re
 import socket
 import ssl
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -58,10 +60,18 @@ class RangeRequest:
 class _Conn(asyncio.BufferedProtocol):
     """One keep-alive HTTP/1.1 connection; a small state machine over a fixed buffer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
-        self.loop, self.read_timeout = loop, read_timeout
-        self.buf = bytearray(BUF_SIZE)
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, read_timeout: float, writer: Executor | None
+    ) -> None:
+        self.loop, self.read_timeout, self.writer = loop, read_timeout, writer
+        # Two buffers: one fills from the socket while the other is written by a thread, so
+        # the loop keeps draining sockets while the kernel's write path is slow.
+        self.bufs = (bytearray(BUF_SIZE), bytearray(BUF_SIZE))
+        self.buf = self.bufs[0]
         self.view = memoryview(self.buf)
+        self.writing: asyncio.Future[None] | None = None
+        self._then: list[Callable[[], object]] = []
+        self.paused = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._reset()
@@ -112,14 +122,17 @@ class _Conn(asyncio.BufferedProtocol):
         if self.state == "error":
             self._finish_error()
         elif self.state in ("head", "body"):
-            self._flush()
-            self._fail(TransientSourceError(self._lost_message(exc), reason=self._lost_reason(exc)))
+            lost = TransientSourceError(self._lost_message(exc), reason=self._lost_reason(exc))
+            self._after_write(partial(self._flush_and_fail, lost))
 
     # -- request ---------------------------------------------------------------------
     async def request(self, req: RangeRequest, sink: Sink) -> None:
         assert self.transport is not None
         self.req, self.sink, self.state = req, sink, "head"
-        self.offset = req.start
+        self.offset, self.writing, self._then = req.start, None, []
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
         self.waiter = self.loop.create_future()
         self.last_read = self.loop.time()
         self._timer = self.loop.call_later(self.read_timeout, self._check_idle)
@@ -135,9 +148,10 @@ class _Conn(asyncio.BufferedProtocol):
             return
         idle = self.loop.time() - self.last_read
         if idle >= self.read_timeout:
-            self._flush()
-            message = f"no bytes for {self.read_timeout:g}s"
-            self._fail(TransientSourceError(message, reason="read_timeout"))
+            stalled = TransientSourceError(
+                f"no bytes for {self.read_timeout:g}s", reason="read_timeout"
+            )
+            self._after_write(partial(self._flush_and_fail, stalled))
         else:
             self._timer = self.loop.call_later(self.read_timeout - idle, self._check_idle)
 
@@ -171,10 +185,80 @@ class _Conn(asyncio.BufferedProtocol):
 
     # -- body ------------------------------------------------------------------------
     def _on_body_bytes(self, nbytes: int) -> None:
-        if self.pos >= BUF_SIZE or self.pos >= self.remaining:
+        if self.pos >= self.remaining:
+            # The last bytes: written after the one in flight, then the request completes.
+            # Reading stops meanwhile: the buffer is full, and there is nothing more to read.
+            if self.writing is not None and not self.writing.done() and self.transport:
+                self.transport.pause_reading()
+                self.paused = True
+            self._after_write(self._finish_body)
+        elif self.pos >= BUF_SIZE:
+            self._hand_off()
+
+    def _flush_and_fail(self, exc: FetchError) -> None:
+        self._flush()  # bytes already received count for the resume of the part
+        self._fail(exc)
+
+    def _finish_body(self) -> None:
+        if self.state != "body":
+            return
+        self._flush()
+        self._complete()
+
+    def _hand_off(self) -> None:
+        """Give the full buffer to the writer thread and read on into the other one."""
+        if self.writer is None:
             self._flush()
-        if self.remaining == 0:
-            self._complete()
+            return
+        if self.writing is not None and not self.writing.done():
+            assert self.transport is not None
+            self.transport.pause_reading()  # both buffers busy: let TCP push back
+            self.paused = True
+            self.writing.add_done_callback(lambda _: self._resume())
+            return
+        if self._write_failed():
+            return
+        assert self.sink is not None
+        n, data, offset = self.pos, self.view[: self.pos], self.offset
+        self.writing = self.loop.run_in_executor(self.writer, self.sink, data, offset)
+        self.offset, self.remaining, self.pos = offset + n, self.remaining - n, 0
+        self.buf = self.bufs[1] if self.buf is self.bufs[0] else self.bufs[0]
+        self.view = memoryview(self.buf)
+
+    def _resume(self) -> None:
+        if self.state != "body":
+            return
+        self._hand_off()
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _after_write(self, then: Callable[[], object]) -> None:
+        """Run `then` once the write in flight is done, in the order asked (bytes stay in
+        order for the hash, and the end of a body is never overtaken by a failure)."""
+        self._then.append(then)
+        if len(self._then) > 1:
+            return  # a drain is already scheduled; it runs this one after the others
+        if self.writing is not None and not self.writing.done():
+            self.writing.add_done_callback(self._drain)
+        else:
+            self._drain(None)
+
+    def _drain(self, _: object) -> None:
+        while self._then:
+            if self._write_failed():
+                self._then.clear()
+                return
+            self._then[0]()
+            self._then.pop(0)
+
+    def _write_failed(self) -> bool:
+        if self.writing is None or self.writing.cancelled() or self.writing.exception() is None:
+            return False
+        exc = self.writing.exception()
+        self.writing = None
+        self._fail(exc if isinstance(exc, FetchError) else TransientSourceError(str(exc)))
+        return True
 
     def _flush(self) -> None:
         if self.state != "body" or self.pos == 0:
@@ -221,13 +305,24 @@ class _Conn(asyncio.BufferedProtocol):
         self._fail(exc)
 
     def _fail(self, exc: FetchError) -> None:
+        if self.state == "failed":
+            return
         self.state = "failed"
         self.keep_alive = False
         if self.transport is not None and not self.closed:
             self.transport.abort()
             self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
+        waiter = self.waiter
+
+        def signal() -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+
+        # The caller resumes the part at the bytes written: never before the last write lands.
+        if self.writing is not None and not self.writing.done():
+            self.writing.add_done_callback(lambda _: signal())
+        else:
+            signal()
 
     def _lost_message(self, exc: Exception | None) -> str:
         key = self.req.key if self.req else "?"
@@ -298,6 +393,8 @@ class RangeGetter:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.ssl_context = ssl_context
         self._idle: list[_Conn] = []
+        # pwrite and the part hash release the GIL: threads overlap them with socket reads.
+        self.writer = ThreadPoolExecutor(max_workers=min(limit, 8), thread_name_prefix="write")
 
     async def get(self, req: RangeRequest, sink: Sink) -> None:
         conn = await self._acquire(req.url)
@@ -323,7 +420,7 @@ class RangeGetter:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(loop, self.read_timeout),
+                    lambda: _Conn(loop, self.read_timeout, self.writer),
                     host,
                     port,
                     ssl=self.ssl_context if tls else None,
@@ -364,6 +461,7 @@ class RangeGetter:
         for conn in self._idle:
             self._discard(conn)
         self._idle.clear()
+        self.writer.shutdown(wait=True)  # no write may land after the partial is closed
 
 
 def tls_context(verify: bool, ca_bundle: str | None) -> ssl.SSLContext:

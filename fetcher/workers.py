@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -176,9 +177,14 @@ class _PipeHooks:
         _emit({"h": "i", "v": delta})
 
 
+_EMIT_LOCK = threading.Lock()  # hooks fire from the loop and from the writer threads
+
+
 def _emit(msg: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(msg, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(msg, separators=(",", ":")) + "\n"
+    with _EMIT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 async def _serve(settings: dict[str, Any]) -> None:
