@@ -16,6 +16,8 @@ import errno
 import hashlib
 import json
 import os
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -97,13 +99,20 @@ def safe_rel(rel: str) -> str:
 
 def write_json_atomic(path: Path, doc: object) -> None:
     """Write to a temp file, fsync, rename over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A name of its own per write: two writers (a thread still saving when a failure is
+    # recorded) must never share a temp file, or the rename publishes their mix.
     with os_errors("write", path):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with open(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=1, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
         fsync_dir(path.parent)
 
 
@@ -121,6 +130,7 @@ class Cache:
         self.meta = dest / META_DIR
         self.partial_dir = self.meta / "partial"
         self.state_path = self.meta / "state.json"
+        self._state_lock = threading.Lock()
 
     def prepare(self) -> None:
         with os_errors("create", self.partial_dir):
@@ -144,7 +154,9 @@ class Cache:
             return State()
 
     def save_state(self, state: State) -> None:
-        write_json_atomic(self.state_path, state.to_json())
+        with self._state_lock:  # from the loop and from threads: one writer at a time
+            doc = state.to_json()
+            write_json_atomic(self.state_path, doc)
 
     def final_path(self, rel: str) -> Path:
         return self.dest / safe_rel(rel)
