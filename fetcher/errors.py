@@ -5,7 +5,8 @@
     ├─ SourceError                        exit 3
     │  ├─ ObjectNotFound                           no such bucket, prefix or key
     │  ├─ AccessDenied                             bad credentials, forbidden
-    │  ├─ SourceUnreachable                        connection refused, DNS, TLS, timeouts
+    │  ├─ SourceUnreachable                        connection refused, DNS, timeouts
+    │  │  └─ TLSFailure                            untrusted certificate, handshake failed
     │  └─ TransientSourceError                     5xx, SlowDown, reset, short body: retried
     ├─ IntegrityError                     exit 4
     │  ├─ ObjectChanged                            412 on If-Match: the object was replaced
@@ -59,6 +60,10 @@ class AccessDenied(SourceError):
 
 class SourceUnreachable(SourceError):
     """The endpoint cannot be reached at all; a complete cache may still be served."""
+
+
+class TLSFailure(SourceUnreachable):
+    """The endpoint answered but TLS failed (untrusted certificate): retrying cannot help."""
 
 
 class TransientSourceError(SourceError):

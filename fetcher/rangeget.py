@@ -27,7 +27,7 @@ from .errors import (
     FetchError,
     RangeMismatch,
     SourceError,
-    SourceUnreachable,
+    TLSFailure,
     TransientSourceError,
 )
 from .s3errors import map_s3_error
@@ -426,13 +426,8 @@ class RangeGetter:
                     ssl=self.ssl_context if tls else None,
                     server_hostname=host if tls else None,
                 )
-        except ssl.SSLCertVerificationError as exc:
-            raise SourceUnreachable(
-                f"TLS certificate of {host}:{port} not trusted: {exc.verify_message} "
-                "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
-            ) from exc
         except ssl.SSLError as exc:
-            raise SourceUnreachable(f"TLS error with {host}:{port}: {exc.reason}") from exc
+            raise tls_failure(exc, f"{host}:{port}") from exc
         except TimeoutError as exc:
             raise TransientSourceError(
                 f"connect to {host}:{port} timed out", reason="connect_timeout"
@@ -462,6 +457,16 @@ class RangeGetter:
             self._discard(conn)
         self._idle.clear()
         self.writer.shutdown(wait=True)  # no write may land after the partial is closed
+
+
+def tls_failure(exc: ssl.SSLError, where: str) -> TLSFailure:
+    """One message for a TLS failure, whichever client met it, saying how to fix it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSFailure(
+            f"TLS certificate of {where} not trusted: {exc.verify_message} "
+            "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
+        )
+    return TLSFailure(f"TLS error with {where}: {exc.reason}")
 
 
 def tls_context(verify: bool, ca_bundle: str | None) -> ssl.SSLContext:

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .config import Config
+from .errors import ObjectNotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,20 @@ class RemoteObject:
     rel: str
     size: int
     etag: str
+
+
+def listed_object(key: str, size: int, etag: str, prefix: str) -> RemoteObject | None:
+    """A listing entry as a file under the prefix, or None for a "directory marker"."""
+    if key.endswith("/") and size == 0:
+        return None
+    return RemoteObject(key, key[len(prefix) :], size, etag)
+
+
+def nonempty(found: list[RemoteObject], bucket: str, prefix: str) -> list[RemoteObject]:
+    """An empty prefix is a missing model, whichever client listed it."""
+    if not found:
+        raise ObjectNotFound(f"nothing under s3://{bucket}/{prefix}")
+    return found
 
 
 class ControlPlane(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -24,9 +25,15 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 
 from .config import Config
-from .errors import FetchError, ObjectNotFound, SourceUnreachable, TransientSourceError
-from .rangeget import tls_context
-from .remote import RemoteObject
+from .errors import (
+    FetchError,
+    ObjectNotFound,
+    SourceUnreachable,
+    TLSFailure,
+    TransientSourceError,
+)
+from .rangeget import tls_context, tls_failure
+from .remote import RemoteObject, listed_object, nonempty
 from .s3errors import map_s3_error
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -83,16 +90,17 @@ class SignedSource:
         self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None
     ) -> tuple[Mapping[str, str], bytes]:
         """One request with its retries, in a worker thread; errors mapped into ours."""
-        for attempt in range(1, _ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 return self._once(method, url, what, headers or {})
-            except (TransientSourceError, SourceUnreachable) as exc:
-                if attempt == _ATTEMPTS or _is_tls(exc):
+            except TLSFailure:
+                raise  # a certificate does not become trusted by asking again
+            except (TransientSourceError, SourceUnreachable):
+                if attempt == _ATTEMPTS:
                     raise
-                import time
-
-                time.sleep(random.uniform(0, 0.2 * 2**attempt))
-        raise AssertionError("unreachable")
+            time.sleep(random.uniform(0, 0.2 * 2**attempt))
+            attempt += 1
 
     def _once(
         self, method: str, url: str, what: str, headers: Mapping[str, str]
@@ -109,13 +117,8 @@ class SignedSource:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, reason: object) -> FetchError:
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            return SourceUnreachable(
-                f"TLS certificate of {self.endpoint} not trusted: {reason.verify_message} "
-                "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
-            )
         if isinstance(reason, ssl.SSLError):
-            return SourceUnreachable(f"TLS error with {self.endpoint}: {reason.reason}")
+            return tls_failure(reason, self.endpoint)
         text = getattr(reason, "strerror", None) or str(reason)
         return SourceUnreachable(f"cannot reach {self.endpoint}: {text}")
 
@@ -139,9 +142,7 @@ class SignedSource:
             found += page
             if not token:
                 break
-        if not found:
-            raise ObjectNotFound(f"nothing under s3://{self.bucket}/{prefix}")
-        return found
+        return nonempty(found, self.bucket, prefix)
 
     async def head(self, key: str) -> Mapping[str, Any] | None:
         try:
@@ -200,9 +201,9 @@ def _parse_listing(body: bytes, prefix: str) -> tuple[list[RemoteObject], str | 
     for item in root.iter(f"{_NS}Contents"):
         key = unquote(item.findtext(f"{_NS}Key") or "")
         size = int(item.findtext(f"{_NS}Size") or "0")
-        if key.endswith("/") and size == 0:
-            continue  # a "directory marker", not a file
-        page.append(RemoteObject(key, key[len(prefix) :], size, item.findtext(f"{_NS}ETag") or ""))
+        obj = listed_object(key, size, item.findtext(f"{_NS}ETag") or "", prefix)
+        if obj is not None:
+            page.append(obj)
     truncated = (root.findtext(f"{_NS}IsTruncated") or "false") == "true"
     return page, (root.findtext(f"{_NS}NextContinuationToken") if truncated else None)
 
@@ -220,7 +221,3 @@ def _http_error(exc: urllib.error.HTTPError, what: str) -> FetchError:
 
 def _user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
     return {k[len("x-amz-meta-") :]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
-
-
-def _is_tls(exc: FetchError) -> bool:
-    return "TLS" in str(exc)

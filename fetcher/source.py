@@ -33,8 +33,9 @@ from .errors import (
     ObjectNotFound,
     SourceError,
     SourceUnreachable,
+    TLSFailure,
 )
-from .remote import RemoteObject
+from .remote import RemoteObject, listed_object, nonempty
 from .s3errors import map_s3_error
 
 
@@ -48,7 +49,7 @@ def map_boto_error(exc: BaseException, what: str, endpoint: str | None) -> Fetch
     if isinstance(exc, ClientError):
         return map_client_error(exc, what)
     if isinstance(exc, SSLError | ssl.SSLError):
-        return SourceUnreachable(
+        return TLSFailure(
             f"TLS error talking to {endpoint}: {_short(exc)} "
             "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
         )
@@ -121,10 +122,7 @@ class Source:
 
     async def list_prefix(self, prefix: str) -> list[RemoteObject]:
         """Every object under `prefix` (paginated); an empty listing is ObjectNotFound."""
-        found = [obj async for obj in self._iter_prefix(prefix)]
-        if not found:
-            raise ObjectNotFound(f"nothing under s3://{self.bucket}/{prefix}")
-        return found
+        return nonempty([obj async for obj in self._iter_prefix(prefix)], self.bucket, prefix)
 
     async def _iter_prefix(self, prefix: str) -> AsyncIterator[RemoteObject]:
         where = f"s3://{self.bucket}/{prefix}"
@@ -132,12 +130,10 @@ class Source:
         try:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    key = str(item["Key"])
-                    if key.endswith("/") and int(item["Size"]) == 0:
-                        continue  # a "directory marker", not a file
-                    yield RemoteObject(
-                        key, key[len(prefix) :], int(item["Size"]), str(item.get("ETag", ""))
-                    )
+                    size, etag = int(item["Size"]), str(item.get("ETag", ""))
+                    obj = listed_object(str(item["Key"]), size, etag, prefix)
+                    if obj is not None:
+                        yield obj
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._map(exc, f"list {where}") from exc
 

@@ -349,13 +349,6 @@ class FileDigests:
         return str(self.xxh3.hexdigest()), other
 
 
-def file_digests(fd: int, size: int, extra: str | None = None) -> tuple[str, str | None]:
-    """Both digests of a whole file in one pass (see FileDigests)."""
-    digests = FileDigests(extra)
-    digests.feed(fd, size)
-    return digests.result()
-
-
 class _Crc32:
     def __init__(self) -> None:
         self.value = 0
