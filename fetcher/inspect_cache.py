@@ -13,7 +13,7 @@ from . import log
 from .cache import Cache, FileState, State
 from .config import Config
 from .errors import EXIT_INTEGRITY, EXIT_OK, FetchError, UnsafeKey
-from .verify import check_model, xxh3_file
+from .verify import check_model, file_digest
 
 
 def verify_command(cfg: Config) -> int:
@@ -80,7 +80,7 @@ def _check_file(cache: Cache, rel: str, fs: FileState, full: bool) -> str | None
     if not full:
         return None if st.st_mtime_ns == fs.mtime_ns else f"{rel}: modified since it was fetched"
     try:
-        digest = xxh3_file(path)
+        digest = file_digest(path, fs.part_size)
     except OSError as exc:
         return f"{rel}: unreadable ({exc.strerror})"
     return None if digest == fs.xxh3 else f"{rel}: corrupt (xxh3 {digest}, expected {fs.xxh3})"
@@ -98,6 +98,7 @@ def status(cache: Cache) -> dict[str, Any]:
             "size": fs.size,
             "etag": fs.etag,
             "xxh3": fs.xxh3,
+            "xxh3_part_size": fs.part_size,  # null: of the whole file; else over part digests
             "checksum": fs.checksum,
             "present": cache.is_present(rel, fs),
         }

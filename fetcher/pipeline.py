@@ -26,7 +26,7 @@ from .metrics import Metrics
 from .progress import Progress
 from .remote import ControlPlane, RemoteObject, open_source
 from .transfer import Job, Transfer
-from .verify import check_model, xxh3_file
+from .verify import check_model, file_digest
 
 
 @dataclass
@@ -87,8 +87,10 @@ async def make_plan(jobs: list[Job], state: State, cache: Cache, cfg: Config) ->
     for job in jobs:
         obj, fs = job.obj, state.files.get(job.obj.rel)
         same = fs is not None and (fs.size, fs.etag) == (obj.size, obj.etag)
-        if same and job.expected.xxh3 not in (None, fs.xxh3 if fs else None):
-            same = False  # the manifest now promises different bytes
+        if same and fs is not None and job.expected.xxh3 not in (None, fs.xxh3):
+            # The manifest now promises different bytes (or the cached file's digest is a
+            # composite of its parts, which a whole-file xxh3 cannot be compared with).
+            same = False
         if same and fs is not None and cache.is_present(obj.rel, fs):
             plan.keep.append(obj)
         else:
@@ -103,8 +105,9 @@ async def _rehash_kept(plan: Plan, state: State, cache: Cache, jobs: list[Job]) 
     """FETCH_VERIFY=full: every cached file is hashed again; a changed one is fetched again."""
 
     async def check(obj: RemoteObject) -> bool:
-        digest = await asyncio.to_thread(xxh3_file, cache.final_path(obj.rel))
-        return digest == state.files[obj.rel].xxh3
+        fs = state.files[obj.rel]
+        digest = await asyncio.to_thread(file_digest, cache.final_path(obj.rel), fs.part_size)
+        return digest == fs.xxh3
 
     results = await asyncio.gather(*(check(o) for o in plan.keep))
     bad = [o for o, ok in zip(plan.keep, results, strict=True) if not ok]

@@ -23,6 +23,7 @@ from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
 
+from .directio import aligned_buffer
 from .errors import (
     FetchError,
     RangeMismatch,
@@ -66,7 +67,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.loop, self.read_timeout, self.writer = loop, read_timeout, writer
         # Two buffers: one fills from the socket while the other is written by a thread, so
         # the loop keeps draining sockets while the kernel's write path is slow.
-        self.bufs = (bytearray(BUF_SIZE), bytearray(BUF_SIZE))
+        # Page-aligned (mmap) so a full buffer can be written with O_DIRECT (directio.py).
+        self.bufs = (aligned_buffer(BUF_SIZE), aligned_buffer(BUF_SIZE))
         self.buf = self.bufs[0]
         self.view = memoryview(self.buf)
         self.writing: asyncio.Future[None] | None = None
@@ -166,7 +168,8 @@ class _Conn(asyncio.BufferedProtocol):
         if self.headers.get("connection", "").lower() == "close":
             self.keep_alive = False
         rest = self.pos - (end + 4)
-        self.buf[:rest] = self.view[end + 4 : self.pos]
+        # bytes(): the ranges overlap, and mmap slice assignment is a plain memcpy.
+        self.buf[:rest] = bytes(self.view[end + 4 : self.pos])
         self.pos = rest
         if self.status in (200, 206):
             self._start_body()

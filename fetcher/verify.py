@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import math
+import mmap
 import os
 import stat
 import zlib
@@ -24,6 +25,7 @@ from typing import Any
 
 import xxhash
 
+from fetcher import directio
 from fetcher.errors import CacheError, InvalidModel
 
 HASH_BLOCK = 8 * 1024 * 1024  # large reads keep syscalls and GIL round-trips negligible
@@ -93,6 +95,38 @@ def xxh3_range(fd: int, offset: int, length: int, buf: bytearray | None = None) 
         h.update(view[:n])
         done += n
     return h.hexdigest()
+
+
+def composite_xxh3(part_digests: Iterable[str]) -> str:
+    """xxh3-128 over the parts' xxh3-128 digests, in order: a file's own digest when nothing
+    gives a whole-file reference, computed from the parts as they arrive (issue 7: reading a
+    file back to hash it halved the fetch rate once writes bypass the page cache)."""
+    h = xxhash.xxh3_128()
+    for digest in part_digests:
+        h.update(bytes.fromhex(digest))
+    return h.hexdigest()
+
+
+def file_digest(path: Path, part_size: int | None) -> str:
+    """What the cache state records for a file: its xxh3-128, or the composite over parts."""
+    return xxh3_file(path) if part_size is None else _composite_file(path, part_size)
+
+
+def _composite_file(path: Path, part_size: int) -> str:
+    view = memoryview(bytearray(min(HASH_BLOCK, part_size)))
+    parts: list[str] = []
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            h, left = xxhash.xxh3_128(), part_size
+            while left and (n := f.readinto(view[: min(len(view), left)])):
+                h.update(view[:n])
+                left -= n
+            if left == part_size and parts:
+                break  # the end of the file (a zero-byte file is one empty part)
+            parts.append(h.hexdigest())
+            if left:
+                break
+    return composite_xxh3(parts)
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
@@ -330,19 +364,26 @@ class FileDigests:
         self.xxh3 = xxhash.xxh3_128()
         self.other: Any = _s3_hasher(extra) if extra else None
         self.hashed = 0  # bytes from offset 0 already fed
+        self._buf: mmap.mmap | None = None
 
-    def feed(self, fd: int, length: int) -> None:
-        """Hash the next `length` bytes of the file (a thread: large reads, GIL released)."""
-        view = memoryview(bytearray(max(1, min(length, HASH_BLOCK))))
+    def feed(self, fd: int, length: int, direct_fd: int | None = None) -> None:
+        """Hash the next `length` bytes of the file (a thread: large reads, GIL released);
+        `direct_fd` reads them without the page cache (see directio.py)."""
+        if self._buf is None:
+            # One buffer for the whole file: a fresh 8 MiB per part was 1/4 of the bytes
+            # hashed again in page faults.
+            self._buf = directio.aligned_buffer(HASH_BLOCK)
         end = self.hashed + length
         while self.hashed < end:
-            n = _pread_into(fd, view[: min(len(view), end - self.hashed)], self.hashed)
-            if n == 0:
+            block = directio.pread_into(
+                fd, direct_fd, self._buf, min(HASH_BLOCK, end - self.hashed), self.hashed
+            )
+            if not block:
                 raise CacheError(f"file ended at {self.hashed} of {end} bytes while hashing")
-            self.xxh3.update(view[:n])
+            self.xxh3.update(block)
             if self.other is not None:
-                self.other.update(view[:n])
-            self.hashed += n
+                self.other.update(block)
+            self.hashed += len(block)
 
     def result(self) -> tuple[str, str | None]:
         other = base64.b64encode(self.other.digest()).decode() if self.other is not None else None

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import errors, log
+from . import directio, errors, log
 from .cache import os_errors
 from .errors import FetchError, TransientSourceError
 from .partget import Hooks, PartDownloader, PartTask
@@ -199,7 +199,7 @@ async def _serve(settings: dict[str, Any]) -> None:
         return urls[key]
 
     parts = PartDownloader(getter, inflight, settings["retries"], url_for, _PipeHooks())
-    fds: dict[str, int] = {}
+    fds: dict[str, tuple[int, int | None]] = {}
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -209,23 +209,26 @@ async def _serve(settings: dict[str, Any]) -> None:
             urls[msg["task"]["key"]] = msg["url"]
             tg.create_task(_one(parts, msg, fds))
     getter.close()
-    for fd in fds.values():
+    for fd, direct_fd in fds.values():
         os.close(fd)
+        if direct_fd is not None:
+            os.close(direct_fd)
 
 
-async def _one(parts: PartDownloader, msg: dict[str, Any], fds: dict[str, int]) -> None:
+async def _one(
+    parts: PartDownloader, msg: dict[str, Any], fds: dict[str, tuple[int, int | None]]
+) -> None:
     path = msg["path"]
     try:
         if path not in fds:
             with os_errors("open", path):
-                fds[path] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        fd = fds[path]
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fds[path] = (fd, directio.open_direct(path, os.O_WRONLY))
+        fd, direct_fd = fds[path]
 
         def write(data: memoryview, offset: int) -> None:
             with os_errors("write", path):
-                while data:
-                    n = os.pwrite(fd, data, offset)
-                    data, offset = data[n:], offset + n
+                directio.pwrite_all(fd, direct_fd, data, offset)
 
         digest = await parts.download(PartTask(**msg["task"]), write)
         _emit({"id": msg["id"], "digest": digest})

@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
+import xxhash
 from botocore.config import Config as BotoConfig
 
 from devtools.sample_model import write_sample_model
@@ -419,6 +420,53 @@ def test_file_with_neither_manifest_nor_checksum_is_flagged_unverified(
     (warning,) = res.events("source_unverified")
     assert warning["files"] == 1 and warning["level"] == "warning"
     assert state(dest)["files"]["weights.bin"]["checksum"] == "none"
+
+
+def composite(data: bytes, part_size: int) -> str:
+    """The digest the cache records for a file with no whole-file reference, from scratch."""
+    parts = [data[i : i + part_size] for i in range(0, len(data), part_size)] or [b""]
+    return xxhash.xxh3_128_hexdigest(b"".join(xxhash.xxh3_128_digest(p) for p in parts))
+
+
+def test_unverified_file_records_the_composite_of_its_parts_and_verify_full_checks_it(
+    plain_s3: Any, prefix: str, fetch: Callable[..., Result], dest: Path
+) -> None:
+    # An odd part size and length: unaligned heads and tails of the direct writes too.
+    part = PART + 1000
+    files = {"weights.bin": os.urandom(5 * part + 4097), "empty.bin": b""}
+    for rel, data in files.items():
+        plain_s3.put_object(Bucket=BUCKET, Key=prefix + rel, Body=data)
+    res = fetch(FETCH_PART_SIZE=str(part))
+    assert res.code == 0, res.stderr
+    assert tree(dest) == files
+    recorded = state(dest)["files"]
+    for rel, data in files.items():
+        assert recorded[rel]["checksum"] == "none"
+        assert recorded[rel]["part_size"] == part
+        assert recorded[rel]["xxh3"] == composite(data, part)
+    assert fetch("verify", "--full").code == 0
+
+    flip_keep_mtime(dest / "weights.bin", 3 * part + 17)
+    found = fetch("verify", "--full")
+    assert found.code == 4, found.stderr
+    (problem,) = json.loads(found.stdout)["problems"]
+    assert problem.startswith("weights.bin: corrupt")
+    repaired = fetch(FETCH_VERIFY="full", FETCH_PART_SIZE=str(part))
+    assert repaired.code == 0, repaired.stderr
+    assert [e["file"] for e in repaired.events("cache_corrupt")] == ["weights.bin"]
+    assert tree(dest) == files
+
+
+def test_manifest_digest_recorded_when_every_part_matched(
+    model: Path, published: str, fetch: Callable[..., Result], dest: Path
+) -> None:
+    res = fetch(MODEL_PREFIX=published)
+    assert res.code == 0, res.stderr
+    recorded = state(dest)["files"]
+    for rel in (SHARD1, SHARD2):
+        assert recorded[rel]["checksum"] == "manifest"
+        assert recorded[rel]["part_size"] is None  # a whole-file xxh3, as the manifest says
+        assert recorded[rel]["xxh3"] == xxh3_file(model / rel)
 
 
 # --- the manifest itself ---------------------------------------------------------------------
