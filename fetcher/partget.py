@@ -95,8 +95,8 @@ class PartDownloader:
         def sink(data: memoryview, offset: int) -> None:
             nonlocal got
             write(data, offset)
-            # 1 MiB at ~10 GB/s is ~0.1 ms: cheaper inline, on bytes still in the CPU cache,
-            # than a second pass over the page cache or a thread hand-off per buffer.
+            # A 2 MiB buffer at ~10 GB/s is ~0.2 ms: cheaper inline, on bytes still in the CPU
+            # cache, than a second pass over the file or a thread hand-off per buffer.
             hasher.update(data)
             got += len(data)
             self.hooks.on_bytes(len(data))

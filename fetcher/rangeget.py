@@ -6,8 +6,8 @@ on uvloop that fills a 1 MiB buffer and `pwrite`s it costs ~0.5-0.6 CPU-s/GiB (i
 server shares those cores, so client CPU is throughput. botocore still signs (presigned URLs),
 lists and handles the control plane; this module only speaks the HTTP/1.1 of one GET.
 
-Each connection owns one buffer of BUF_SIZE bytes, and at most `concurrency` connections
-exist, so memory is bounded by concurrency x BUF_SIZE whatever the model size.
+Each connection owns two buffers of BUF_SIZE bytes, and at most `concurrency` connections
+exist, so memory is bounded by concurrency x 2 x BUF_SIZE whatever the model size.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from .errors import (
 )
 from .s3errors import map_s3_error
 
-BUF_SIZE = 1 << 20
+# 2 MiB: half the thread hand-offs and wake-ups of 1 MiB; client CPU 0.44 -> 0.37 s/GiB, same
+# run (issue 7). 16 connections x 2 buffers = 64 MiB, inside the 150 MiB RSS budget.
+BUF_SIZE = 2 << 20
 _MAX_HEAD = 64 << 10
 _MAX_ERROR_BODY = 64 << 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
