@@ -128,8 +128,8 @@ def fsync_dir(path: Path) -> None:
 
 
 class Cache:
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
+    def __init__(self, dest: Path, direct_io: bool = True) -> None:
+        self.dest, self.direct_io = dest, direct_io
         self.meta = dest / META_DIR
         self.partial_dir = self.meta / "partial"
         self.state_path = self.meta / "state.json"
@@ -190,7 +190,7 @@ class Cache:
 
     def open_partial(self, key: str, etag: str, size: int, part_size: int) -> Partial:
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return Partial.open(self.partial_dir / name, etag, size, part_size)
+        return Partial.open(self.partial_dir / name, etag, size, part_size, self.direct_io)
 
     def commit(self, partial: Partial, rel: str) -> int:
         """Move a finished partial file to its final name; returns its mtime_ns."""
@@ -223,20 +223,22 @@ class Cache:
 class Partial:
     """A preallocated file of the object's size plus a journal of its finished parts."""
 
-    def __init__(self, base: Path, etag: str, size: int, part_size: int, fd: int) -> None:
+    def __init__(
+        self, base: Path, etag: str, size: int, part_size: int, fd: int, direct: bool = True
+    ) -> None:
         self.path = base.with_suffix(".part")
         self.journal_path = base.with_suffix(".json")
         self.etag, self.size, self.part_size, self.fd = etag, size, part_size, fd
         # The bulk bytes bypass the page cache where the file system allows (directio.py).
-        self.direct_fd = directio.open_direct(self.path, os.O_RDWR)
+        self.direct_fd = directio.open_direct(self.path, os.O_RDWR) if direct else None
         self.done: dict[int, str] = {}
 
     @classmethod
-    def open(cls, base: Path, etag: str, size: int, part_size: int) -> Partial:
+    def open(cls, base: Path, etag: str, size: int, part_size: int, direct: bool = True) -> Partial:
         path = base.with_suffix(".part")
         with os_errors("create partial file", path):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        partial = cls(base, etag, size, part_size, fd)
+        partial = cls(base, etag, size, part_size, fd, direct)
         partial.done = partial._resumable_parts()
         if not partial.done:
             partial._preallocate()

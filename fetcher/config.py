@@ -79,6 +79,7 @@ class Config:
     watch_interval: float | None = None  # sidecar re-list period; None: list once
     lease_ttl: float = 30.0
     workers: int = 1
+    direct_io: bool = True  # FETCH_DIRECT_IO: bulk writes bypass the page cache (directio.py)
     identity: str = "model-fetcher"  # who holds the cache lease: POD_NAME or host name
     serve_cmd: tuple[str, ...] = ()  # argv after "--", exec'd after a successful fetch
     full: bool = False  # verify --full
@@ -284,7 +285,7 @@ environment only:
   MINIO_ACCESS_KEY, MINIO_SECRET_KEY (or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY),
   AWS_SESSION_TOKEN, awsAnonymousCredential, S3_USE_HTTPS, MINIO_TLS_VERIFY, S3_VERIFY_SSL,
   MINIO_CA_BUNDLE, AWS_CA_BUNDLE, PUSHGATEWAY_URL, METRICS_TEXTFILE, FETCH_PROGRESS_INTERVAL,
-  FETCH_WATCH_INTERVAL, FETCH_LEASE_TTL, FETCH_TERMINATION_LOG, POD_NAME
+  FETCH_WATCH_INTERVAL, FETCH_LEASE_TTL, FETCH_TERMINATION_LOG, FETCH_DIRECT_IO, POD_NAME
 Without keys, botocore's credential chain (web identity, shared config) decides.
 The command may be left out: "model-fetcher s3://bucket/prefix/ /mnt/models" fetches."""
 
@@ -527,6 +528,7 @@ class _Settings(TypedDict):
     watch_interval: float | None
     lease_ttl: float
     workers: int
+    direct_io: bool
     full: bool
     termination_log: Path
 
@@ -558,6 +560,7 @@ def _settings(r: _Reader, command: Command, stderr_isatty: bool) -> _Settings:
         watch_interval=r.get("FETCH_WATCH_INTERVAL", None, _seconds, None),
         lease_ttl=r.get("FETCH_LEASE_TTL", None, _seconds, 30.0),
         workers=r.get("FETCH_WORKERS", "--workers", _int_in(1, 64), 1),
+        direct_io=r.get("FETCH_DIRECT_IO", None, parse_bool, True),
         full=bool(getattr(r.ns, "full", False)) or (command == "verify" and verify_mode == "full"),
         termination_log=r.get(
             "FETCH_TERMINATION_LOG", None, _absolute, Path("/dev/termination-log")

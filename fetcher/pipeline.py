@@ -127,7 +127,7 @@ class Fetch:
 
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
         self.cfg, self.metrics = cfg, metrics
-        self.cache = Cache(cfg.dest)
+        self.cache = Cache(cfg.dest, cfg.direct_io)
         self._state_lock = asyncio.Lock()
         self.started = time.monotonic()
         self.manifest: Manifest | None = None

@@ -57,6 +57,7 @@ class WorkerPool:
             "ca_bundle": cfg.ca_bundle,
             "log_format": cfg.log_format,
             "log_level": cfg.log_level,
+            "direct_io": cfg.direct_io,
         }
         workers = []
         for _ in range(cfg.workers):
@@ -207,7 +208,7 @@ async def _serve(settings: dict[str, Any]) -> None:
         async for raw in reader:
             msg = json.loads(raw)
             urls[msg["task"]["key"]] = msg["url"]
-            tg.create_task(_one(parts, msg, fds))
+            tg.create_task(_one(parts, msg, fds, settings["direct_io"]))
     getter.close()
     for fd, direct_fd in fds.values():
         os.close(fd)
@@ -216,14 +217,17 @@ async def _serve(settings: dict[str, Any]) -> None:
 
 
 async def _one(
-    parts: PartDownloader, msg: dict[str, Any], fds: dict[str, tuple[int, int | None]]
+    parts: PartDownloader,
+    msg: dict[str, Any],
+    fds: dict[str, tuple[int, int | None]],
+    direct_io: bool,
 ) -> None:
     path = msg["path"]
     try:
         if path not in fds:
             with os_errors("open", path):
                 fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            fds[path] = (fd, directio.open_direct(path, os.O_WRONLY))
+            fds[path] = (fd, directio.open_direct(path, os.O_WRONLY) if direct_io else None)
         fd, direct_fd = fds[path]
 
         def write(data: memoryview, offset: int) -> None:

@@ -457,6 +457,18 @@ def test_unverified_file_records_the_composite_of_its_parts_and_verify_full_chec
     assert tree(dest) == files
 
 
+def test_direct_io_off_writes_through_the_page_cache_with_the_same_result(
+    plain_s3: Any, prefix: str, fetch: Callable[..., Result], dest: Path
+) -> None:
+    data = os.urandom(3 * PART + 4097)
+    plain_s3.put_object(Bucket=BUCKET, Key=prefix + "weights.bin", Body=data)
+    res = fetch(FETCH_DIRECT_IO="false", FETCH_PART_SIZE=str(PART))
+    assert res.code == 0, res.stderr
+    assert tree(dest) == {"weights.bin": data}
+    assert state(dest)["files"]["weights.bin"]["xxh3"] == composite(data, PART)
+    assert fetch("verify", "--full").code == 0
+
+
 def test_manifest_digest_recorded_when_every_part_matched(
     model: Path, published: str, fetch: Callable[..., Result], dest: Path
 ) -> None:

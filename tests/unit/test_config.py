@@ -315,6 +315,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "LOG_LEVEL": "loud",
         "PUSHGATEWAY_URL": "pushgateway:9091",
         "MODEL_PREFIX": "a//b",
+        "FETCH_DIRECT_IO": "sometimes",
     }
     problems = problems_of(["--workers", "65"], env)
     assert "FETCH_CONCURRENCY: expected an integer 1..1024, got 'abc'" in problems
@@ -332,6 +333,7 @@ def test_every_problem_is_reported_at_once() -> None:
             "LOG_LEVEL",
             "PUSHGATEWAY_URL",
             "MODEL_PREFIX",
+            "FETCH_DIRECT_IO",
             "--workers",
             "bucket",
             "DEST",
@@ -439,8 +441,11 @@ def test_other_durations_and_paths() -> None:
         "METRICS_TEXTFILE": "/var/lib/node-exporter/fetcher.prom",
         "PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091/",
         "METRICS_PORT": "0",
+        "FETCH_DIRECT_IO": "off",
     }
+    assert load([], POD_ENV).direct_io is True
     cfg = load([], env)
+    assert cfg.direct_io is False
     assert (cfg.connect_timeout, cfg.deadline) == (0.5, 7200.0)
     assert (cfg.progress_interval, cfg.watch_interval, cfg.lease_ttl) == (1.0, 300.0, 45.0)
     assert cfg.termination_log == Path("/tmp/term.log")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fetcher import directio
+from fetcher.cache import Cache
 from fetcher.directio import ALIGN, aligned_buffer, open_direct, pread_into, pwrite_all
 from fetcher.verify import _composite_file, composite_xxh3, xxh3_range
 
@@ -107,3 +108,25 @@ def test_composite_of_a_file_matches_the_composite_of_its_parts(tmp_path: Path, 
     finally:
         os.close(fd)
     assert _composite_file(path, 65536) == composite_xxh3(parts)
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_cache_partials_follow_fetch_direct_io(tmp_path: Path, direct_io: bool) -> None:
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    supported = open_direct(probe, os.O_RDONLY)
+    if supported is None:
+        pytest.skip(f"{tmp_path} does not support O_DIRECT")
+    os.close(supported)
+    cache = Cache(tmp_path, direct_io)
+    cache.prepare()
+    partial = cache.open_partial("m/w.bin", '"etag"', 3 * ALIGN + 5, 1 << 20)
+    try:
+        assert (partial.direct_fd is not None) is direct_io
+        data = os.urandom(3 * ALIGN + 5)
+        buf = aligned_buffer(len(data))
+        buf[: len(data)] = data
+        partial.pwrite(memoryview(buf)[: len(data)], 0)
+        assert partial.path.read_bytes() == data
+    finally:
+        partial.close()
