@@ -183,6 +183,11 @@ class Cache:
             return False
         return st.st_size == fs.size and st.st_mtime_ns == fs.mtime_ns
 
+    def holds_complete(self, state: State) -> bool:
+        """The last fetch finished and every file it placed is still there, as stat() says."""
+        present = all(self.is_present(rel, fs) for rel, fs in state.files.items())
+        return state.complete and bool(state.files) and present
+
     def free_bytes(self) -> int:
         with os_errors("stat", self.dest):
             st = os.statvfs(self.dest)

@@ -104,7 +104,7 @@ def status(cache: Cache) -> dict[str, Any]:
         }
         for rel, fs in sorted(state.files.items())
     }
-    complete = state.complete and all(f["present"] for f in files.values()) and bool(files)
+    complete = cache.holds_complete(state)
     return {
         "dest": str(cache.dest),
         "source": state.source,

@@ -77,8 +77,7 @@ def is_complete(state: State, cache: Cache, cfg: Config) -> bool:
         "bucket": cfg.bucket,
         "prefix": cfg.prefix,
     }
-    present = all(cache.is_present(rel, fs) for rel, fs in state.files.items())
-    return state.complete and same and present and bool(state.files)
+    return same and cache.holds_complete(state)
 
 
 async def make_plan(jobs: list[Job], state: State, cache: Cache, cfg: Config) -> Plan:
