@@ -72,7 +72,17 @@ def _summary(tool: str, runs: list[Run], startup: dict[str, Summary]) -> Summary
 
 
 def model_table(rows: Sequence[Summary]) -> str:
-    head = ("tool", "MiB/s", "min-max", "durable", "CPU-s/GiB", "net", "RSS MiB", "status")
+    head = (
+        "tool",
+        "MiB/s",
+        "min-max",
+        "durable",
+        "CPU-s/GiB",
+        "net",
+        "server",
+        "RSS MiB",
+        "status",
+    )
     body = [
         (
             r.tool,
@@ -81,11 +91,12 @@ def model_table(rows: Sequence[Summary]) -> str:
             f"{r.durable_mib_s:.0f}",
             f"{r.cpu_s_per_gib:.2f}",
             _opt(r.cpu_s_per_gib_net),
+            f"{r.server_cpu_s_per_gib:.2f}",
             f"{r.peak_rss_mib:.0f}",
             r.status,
         )
         if r.status == "ok"
-        else (r.tool, "-", "-", "-", "-", "-", "-", "FAILED")
+        else (r.tool, "-", "-", "-", "-", "-", "-", "-", "FAILED")
         for r in rows
     ]
     return _grid(head, body)
