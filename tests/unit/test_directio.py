@@ -130,3 +130,20 @@ def test_cache_partials_follow_fetch_direct_io(tmp_path: Path, direct_io: bool) 
         assert partial.path.read_bytes() == data
     finally:
         partial.close()
+
+
+def test_socket_buffers_are_aligned_for_direct_writes() -> None:
+    # A misaligned buffer would not fail: every write would quietly take the page cache.
+    import asyncio
+    import ctypes
+
+    from fetcher.rangeget import BUF_SIZE, _Conn
+
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Conn(loop, 1.0, None)
+        for buf in conn.bufs:
+            assert len(buf) == BUF_SIZE and BUF_SIZE % ALIGN == 0
+            assert ctypes.addressof(ctypes.c_char.from_buffer(buf)) % ALIGN == 0
+    finally:
+        loop.close()
