@@ -109,24 +109,11 @@ def composite_xxh3(part_digests: Iterable[str]) -> str:
 
 def file_digest(path: Path, part_size: int | None) -> str:
     """What the cache state records for a file: its xxh3-128, or the composite over parts."""
-    return xxh3_file(path) if part_size is None else _composite_file(path, part_size)
-
-
-def _composite_file(path: Path, part_size: int) -> str:
-    view = memoryview(bytearray(min(HASH_BLOCK, part_size)))
-    parts: list[str] = []
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            h, left = xxhash.xxh3_128(), part_size
-            while left and (n := f.readinto(view[: min(len(view), left)])):
-                h.update(view[:n])
-                left -= n
-            if left == part_size and parts:
-                break  # the end of the file (a zero-byte file is one empty part)
-            parts.append(h.hexdigest())
-            if left:
-                break
-    return composite_xxh3(parts)
+    if part_size is None:
+        return xxh3_file(path)
+    _, parts = part_hashes(path, part_size)
+    # A zero-byte file is fetched as one empty part (partget.plan_parts).
+    return composite_xxh3(parts or [xxhash.xxh3_128_hexdigest(b"")])
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:

@@ -14,7 +14,7 @@ import pytest
 from fetcher import directio
 from fetcher.cache import Cache
 from fetcher.directio import ALIGN, aligned_buffer, open_direct, pread_into, pwrite_all
-from fetcher.verify import _composite_file, composite_xxh3, xxh3_range
+from fetcher.verify import composite_xxh3, file_digest, xxh3_range
 
 SIZE = 3 * 1024 * 1024 + 777
 
@@ -107,7 +107,7 @@ def test_composite_of_a_file_matches_the_composite_of_its_parts(tmp_path: Path, 
         parts = [xxh3_range(fd, s, min(65536, size - s)) for s in starts]
     finally:
         os.close(fd)
-    assert _composite_file(path, 65536) == composite_xxh3(parts)
+    assert file_digest(path, 65536) == composite_xxh3(parts)
 
 
 @pytest.mark.parametrize("direct_io", [True, False])
