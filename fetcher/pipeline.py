@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
-from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -84,20 +83,25 @@ async def make_plan(jobs: list[Job], state: State, cache: Cache, cfg: Config) ->
     plan = Plan()
     listed = {j.obj.rel for j in jobs}
     for job in jobs:
-        obj, fs = job.obj, state.files.get(job.obj.rel)
-        same = fs is not None and (fs.size, fs.etag) == (obj.size, obj.etag)
-        if same and fs is not None and job.expected.xxh3 not in (None, fs.xxh3):
-            # The manifest now promises different bytes (or the cached file's digest is a
-            # composite of its parts, which a whole-file xxh3 cannot be compared with).
-            same = False
-        if same and fs is not None and cache.is_present(obj.rel, fs):
-            plan.keep.append(obj)
+        fs = state.files.get(job.obj.rel)
+        if fs is not None and _unchanged(job, fs) and cache.is_present(job.obj.rel, fs):
+            plan.keep.append(job.obj)
         else:
             plan.fetch.append(job)
     if cfg.verify_mode == "full":
         await _rehash_kept(plan, state, cache, jobs)
     plan.remove = sorted(rel for rel in state.files if rel not in listed)
     return plan
+
+
+def _unchanged(job: Job, fs: FileState) -> bool:
+    """The cached file is this object version, and the manifest (if any) promises its bytes.
+
+    A manifest's whole-file xxh3 differing from the recorded one means new bytes, or a cached
+    digest that is a composite of parts, which cannot be compared with it: fetch again.
+    """
+    same_version = (fs.size, fs.etag) == (job.obj.size, job.obj.etag)
+    return same_version and job.expected.xxh3 in (None, fs.xxh3)
 
 
 async def _rehash_kept(plan: Plan, state: State, cache: Cache, jobs: list[Job]) -> None:
@@ -179,7 +183,8 @@ class Fetch:
             f"{exc}; serving the complete cached model ({len(state.files)} files)",
         )
         self.metrics.source_unreachable.set(1)
-        self._record_totals(state.files.values(), cached=True)
+        cached = sum(fs.size for fs in state.files.values())
+        self._record_sizes(expected=cached, cached=cached, cached_files=len(state.files))
         return Outcome(state, Plan(), served_offline=True)
 
     async def _apply(self, src: ControlPlane, plan: Plan, state: State) -> None:
@@ -192,9 +197,11 @@ class Fetch:
             self.cache.save_state(state)
         self._check_space(plan)
         self._log_start(plan)
-        self.metrics.bytes_expected.set(plan.fetch_bytes + plan.keep_bytes)
-        self.metrics.bytes_cached.set(plan.keep_bytes)
-        self.metrics.files["cached"].inc(len(plan.keep))
+        self._record_sizes(
+            expected=plan.fetch_bytes + plan.keep_bytes,
+            cached=plan.keep_bytes,
+            cached_files=len(plan.keep),
+        )
         progress = Progress(
             plan.fetch_bytes,
             len(plan.fetch),
@@ -258,12 +265,10 @@ class Fetch:
             files_to_remove=len(plan.remove),
         )
 
-    def _record_totals(self, files: Iterable[FileState], cached: bool) -> None:
-        sizes = [fs.size for fs in files]
-        self.metrics.bytes_expected.set(sum(sizes))
-        if cached:
-            self.metrics.bytes_cached.set(sum(sizes))
-            self.metrics.files["cached"].inc(len(sizes))
+    def _record_sizes(self, expected: int, cached: int, cached_files: int) -> None:
+        self.metrics.bytes_expected.set(expected)
+        self.metrics.bytes_cached.set(cached)
+        self.metrics.files["cached"].inc(cached_files)
 
 
 def summary(outcome: Outcome, started: float) -> None:
