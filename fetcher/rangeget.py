@@ -31,7 +31,7 @@ from .errors import (
     TLSFailure,
     TransientSourceError,
 )
-from .s3errors import map_s3_error
+from .s3errors import s3_error_from_body
 
 # 2 MiB: half the thread hand-offs and wake-ups of 1 MiB; client CPU 0.44 -> 0.37 s/GiB, same
 # run (issue 7). 16 connections x 2 buffers = 64 MiB, inside the 150 MiB RSS budget.
@@ -39,8 +39,6 @@ BUF_SIZE = 2 << 20
 _MAX_HEAD = 64 << 10
 _MAX_ERROR_BODY = 64 << 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-_XML_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
-_XML_MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
 # A sink receives each buffer-full of body bytes with the absolute object offset it starts at.
 Sink = Callable[[memoryview, int], None]
@@ -295,14 +293,8 @@ class _Conn(asyncio.BufferedProtocol):
 
     def _finish_error(self) -> None:
         assert self.req is not None
-        body = bytes(self.view[: self.pos])
-        code = _XML_CODE.search(body)
-        message = _XML_MESSAGE.search(body)
-        exc = map_s3_error(
-            self.status,
-            code.group(1).decode(errors="replace") if code else "",
-            message.group(1).decode(errors="replace") if message else "",
-            f"GET s3 object {self.req.key}",
+        exc = s3_error_from_body(
+            self.status, bytes(self.view[: self.pos]), f"GET s3 object {self.req.key}"
         )
         self.keep_alive = False  # error bodies may be framed oddly; never reuse the socket
         if self.transport is not None:

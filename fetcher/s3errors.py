@@ -4,6 +4,8 @@ processes start without importing it."""
 
 from __future__ import annotations
 
+import re
+
 from .errors import (
     AccessDenied,
     FetchError,
@@ -31,6 +33,9 @@ _DENIED_CODES = {
     "AllAccessDisabled",
 }
 _MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
+# Searched, not parsed: an error body may arrive cut short, and the code is all that matters.
+_XML_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
+_XML_MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
 
 def map_s3_error(status: int, code: str, message: str, what: str) -> FetchError:
@@ -45,3 +50,15 @@ def map_s3_error(status: int, code: str, message: str, what: str) -> FetchError:
     if code in _TRANSIENT_CODES or status >= 500:
         return TransientSourceError(f"{what}: {label} {message}".strip(), reason=label)
     return SourceError(f"{what}: {label} {message}".strip())
+
+
+def s3_error_from_body(status: int, body: bytes, what: str) -> FetchError:
+    """`map_s3_error` for a raw error response: its XML body's Code and Message, if any."""
+    code = _XML_CODE.search(body)
+    message = _XML_MESSAGE.search(body)
+    return map_s3_error(
+        status,
+        code.group(1).decode(errors="replace") if code else "",
+        message.group(1).decode(errors="replace") if message else "",
+        what,
+    )

@@ -34,7 +34,7 @@ from .errors import (
 )
 from .rangeget import tls_context, tls_failure
 from .remote import RemoteObject, listed_object, nonempty
-from .s3errors import map_s3_error
+from .s3errors import s3_error_from_body
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _ATTEMPTS = 3  # like botocore's standard retry mode for the control plane
@@ -144,12 +144,18 @@ class SignedSource:
                 break
         return nonempty(found, self.bucket, prefix)
 
+    async def _head(self, key: str, headers: Mapping[str, str] | None = None) -> dict[str, str]:
+        """HEAD of `key`: its response headers, names lower-cased."""
+        found, _ = await self._call(
+            "HEAD", self._url(key), f"head s3://{self.bucket}/{key}", headers
+        )
+        return {k.lower(): v for k, v in found.items()}
+
     async def head(self, key: str) -> Mapping[str, Any] | None:
         try:
-            headers, _ = await self._call("HEAD", self._url(key), f"head s3://{self.bucket}/{key}")
+            lower = await self._head(key)
         except ObjectNotFound:
             return None
-        lower = {k.lower(): v for k, v in headers.items()}
         return {
             "ContentLength": int(lower.get("content-length", "0")),
             "ETag": lower.get("etag", ""),
@@ -157,13 +163,7 @@ class SignedSource:
         }
 
     async def head_checksums(self, key: str) -> Mapping[str, str]:
-        headers, _ = await self._call(
-            "HEAD",
-            self._url(key),
-            f"head s3://{self.bucket}/{key}",
-            {"x-amz-checksum-mode": "ENABLED"},
-        )
-        lower = {k.lower(): v for k, v in headers.items()}
+        lower = await self._head(key, {"x-amz-checksum-mode": "ENABLED"})
         if lower.get("x-amz-checksum-type", "FULL_OBJECT") != "FULL_OBJECT":
             return {}  # a composite multipart checksum is not a checksum of the bytes
         names = {
@@ -210,13 +210,7 @@ def _parse_listing(body: bytes, prefix: str) -> tuple[list[RemoteObject], str | 
 
 def _http_error(exc: urllib.error.HTTPError, what: str) -> FetchError:
     body = exc.read(64 << 10) if exc.fp is not None else b""
-    try:
-        root = ElementTree.fromstring(body) if body else None
-    except ElementTree.ParseError:
-        root = None
-    code = (root.findtext("Code") or "") if root is not None else ""
-    message = (root.findtext("Message") or "") if root is not None else ""
-    return map_s3_error(exc.code, code, message, what)
+    return s3_error_from_body(exc.code, body, what)
 
 
 def _user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
