@@ -139,12 +139,7 @@ class Source:
 
     async def head_checksums(self, key: str) -> Mapping[str, str]:
         """S3's own full-object checksums of `key` (ChecksumMode=ENABLED), if it has any."""
-        try:
-            resp = await self._client.head_object(
-                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
-            )
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise self._map(exc, f"head s3://{self.bucket}/{key}") from exc
+        resp = await self._call("head", "head_object", Key=key, ChecksumMode="ENABLED")
         names = ("ChecksumSHA256", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1")
         kind = str(resp.get("ChecksumType", "FULL_OBJECT"))
         if kind != "FULL_OBJECT":
