@@ -64,7 +64,7 @@ def downloaded(metrics: Path) -> float:
 
 
 def demo(server: SeaweedServer, work: Path) -> None:
-    boto3_client(server).create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
+    boto3_client(server).create_bucket(Bucket=BUCKET)
     say("generating a ~300 MB sample model (3 safetensors shards + index)")
     write_sample_model(work / "model", 300 * 10**6, shards=3)
     env = pod_env(server, work / "metrics.prom")

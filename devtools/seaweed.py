@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "fetcher-test-access"
 SECRET_KEY = "fetcher-test-secret-Zq8v"  # test-only; tests assert it never shows up in output
@@ -161,16 +162,18 @@ def start_temporary(tls: tuple[Path, Path] | None = None) -> SeaweedServer:
     return SeaweedServer(workdir=workdir, tls_cert=cert, tls_key=key).start()
 
 
-def boto3_client(server: SeaweedServer, endpoint: str | None = None) -> object:
-    """A plain boto3 client for arranging test data (not the code under test)."""
+def boto3_client(server: SeaweedServer, endpoint: str | None = None, **config: Any) -> Any:
+    """A plain boto3 client for arranging test data (not the code under test); `config`
+    overrides botocore Config settings (retries, timeouts, checksum behaviour)."""
     import boto3
     from botocore.config import Config
 
+    settings: dict[str, Any] = {"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 2}}
     return boto3.client(
         "s3",
         endpoint_url=endpoint or server.endpoint,
         aws_access_key_id=server.access_key,
         aws_secret_access_key=server.secret_key,
         region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+        config=Config(**(settings | config)),
     )

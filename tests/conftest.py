@@ -46,7 +46,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 def s3_server() -> Iterator[SeaweedServer]:
     server = start_temporary()
     try:
-        boto3_client(server).create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
+        boto3_client(server).create_bucket(Bucket=BUCKET)
         yield server
     finally:
         server.stop()
@@ -153,7 +153,8 @@ def metric(path: Path, name: str, **labels: str) -> float:
     values = [
         float(line.rsplit(" ", 1)[1])
         for line in path.read_text().splitlines()
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+        if line.startswith((name + "{", name + " "))
+        and all(f'{k}="{v}"' in line for k, v in labels.items())
     ]
     if not values:
         raise AssertionError(f"{name}{labels or ''} not in {path}")

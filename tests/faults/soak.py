@@ -89,7 +89,7 @@ def main() -> int:
         "faults": 0,
     }
     try:
-        boto3_client(server).create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
+        boto3_client(server).create_bucket(Bucket=BUCKET)
         write_sample_model(work / "model", 24 * 2**20, shards=3)
         env = {
             **os.environ,

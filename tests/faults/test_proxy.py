@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
     IncompleteReadError,
@@ -89,20 +87,14 @@ def proxy(server: seaweed.SeaweedServer) -> Iterator[FaultProxy]:
 @pytest.fixture
 def client(server: seaweed.SeaweedServer, proxy: FaultProxy) -> Iterator[Any]:
     """boto3 through the proxy: it signs for the proxy's host:port, and never retries."""
-    s3: Any = boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name="us-east-1",
-        config=Config(
-            s3={"addressing_style": "path"},
-            retries={"total_max_attempts": 1},
-            read_timeout=0.5,
-            connect_timeout=2,
-            # Let bodies with flipped bytes through, so the test can compare them.
-            response_checksum_validation="when_required",
-        ),
+    s3: Any = seaweed.boto3_client(
+        server,
+        proxy.endpoint,
+        retries={"total_max_attempts": 1},
+        read_timeout=0.5,
+        connect_timeout=2,
+        # Let bodies with flipped bytes through, so the test can compare them.
+        response_checksum_validation="when_required",
     )
     yield s3
     s3.close()

@@ -11,16 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import xxhash
-from botocore.config import Config as BotoConfig
 
 from devtools.sample_model import write_sample_model
-from devtools.seaweed import SeaweedServer
+from devtools.seaweed import SeaweedServer, boto3_client
 from fetcher.manifest import MANIFEST_NAME, Manifest
 from fetcher.verify import xxh3_file
-from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
+from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import Callback, FaultProxy, FlipByte
 
 PART = 256 * 1024  # the manifest's part size: a 1.5 MiB shard is six checked parts
@@ -74,17 +72,10 @@ def own_copy(s3: Any, published: str, prefix: str) -> str:
 @pytest.fixture
 def plain_s3(s3_server: SeaweedServer) -> Any:
     """A boto3 client that adds no checksum of its own (boto3 adds CRC32 by default)."""
-    return boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        region_name="us-east-1",
-        config=BotoConfig(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
+    return boto3_client(
+        s3_server,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
     )
 
 
@@ -95,13 +86,6 @@ def model_files(root: Path) -> dict[str, bytes]:
 def state(dest: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads((dest / ".fetcher" / "state.json").read_text())
     return doc
-
-
-def metric(path: Path, name: str) -> float:
-    for line in path.read_text().splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in {path}")
 
 
 def resumable(dest: Path, etag: str) -> list[str]:
