@@ -229,13 +229,12 @@ class Partial:
     """A preallocated file of the object's size plus a journal of its finished parts."""
 
     def __init__(
-        self, base: Path, etag: str, size: int, part_size: int, fd: int, direct: bool = True
+        self, base: Path, etag: str, size: int, part_size: int, fd: int, direct_fd: int | None
     ) -> None:
         self.path = base.with_suffix(".part")
         self.journal_path = base.with_suffix(".json")
-        self.etag, self.size, self.part_size, self.fd = etag, size, part_size, fd
-        # The bulk bytes bypass the page cache where the file system allows (directio.py).
-        self.direct_fd = directio.open_direct(self.path, os.O_RDWR) if direct else None
+        self.etag, self.size, self.part_size = etag, size, part_size
+        self.fd, self.direct_fd = fd, direct_fd
         self.done: dict[int, str] = {}
 
     @classmethod
@@ -243,7 +242,9 @@ class Partial:
         path = base.with_suffix(".part")
         with os_errors("create partial file", path):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        partial = cls(base, etag, size, part_size, fd, direct)
+        # The bulk bytes bypass the page cache where the file system allows (directio.py).
+        direct_fd = directio.open_direct(path, os.O_RDWR) if direct else None
+        partial = cls(base, etag, size, part_size, fd, direct_fd)
         partial.done = partial._resumable_parts()
         if not partial.done:
             partial._preallocate()
