@@ -93,16 +93,23 @@ class Transfer:
         self.inflight = asyncio.Semaphore(cfg.concurrency)
         # Bounds open partial files (fds, preallocated space) without slowing the parts.
         self.files_open = asyncio.Semaphore(max(4, cfg.concurrency))
-        self.getter = make_getter(cfg, cfg.concurrency)
         self._urls: dict[str, tuple[str, float]] = {}
         self.hooks = MetricsHooks(metrics, progress)
-        self.parts = PartDownloader(self.getter, self.inflight, cfg.retries, self._url, self.hooks)
+        # Exactly one of the two byte paths: worker processes, or a getter in this process
+        # (built only then: with https it loads the CA bundle).
         self.pool: WorkerPool | None = None
+        self.getter: RangeGetter | None = None
+        self.parts: PartDownloader | None = None
 
     async def run(self, jobs: list[Job], on_commit: OnCommit) -> None:
         try:
             if self.cfg.workers > 1 and jobs:
                 self.pool = await WorkerPool.start(self.cfg, self.hooks)
+            else:
+                self.getter = make_getter(self.cfg, self.cfg.concurrency)
+                self.parts = PartDownloader(
+                    self.getter, self.inflight, self.cfg.retries, self._url, self.hooks
+                )
             # Small files first: config and tokenizer land at once; parts are served in order.
             ordered = sorted(jobs, key=lambda job: job.obj.size)
             await run_all(self._fetch_file(job, on_commit) for job in ordered)
@@ -112,7 +119,8 @@ class Transfer:
                 self.pool = None
             raise
         finally:
-            self.getter.close()
+            if self.getter is not None:
+                self.getter.close()
             if self.pool is not None:
                 await self.pool.close()
 
@@ -240,6 +248,7 @@ class Transfer:
         task = PartTask(obj.key, obj.rel, obj.etag, obj.size, part.index, part.start, part.end)
         if self.pool is not None:
             return await self.pool.download(task, partial.path, await self._url(obj.key))
+        assert self.parts is not None  # built in run() whenever there is no pool
         return await self.parts.download(task, partial.pwrite)
 
     async def _url(self, key: str) -> str:
