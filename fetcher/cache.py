@@ -141,19 +141,26 @@ class Cache:
         if not os.access(self.meta, os.W_OK | os.X_OK) or not os.access(self.dest, os.W_OK):
             raise cache_error(OSError(errno.EACCES, "Permission denied"), "write to", self.dest)
 
-    def load_state(self) -> State:
+    def read_state(self) -> State:
+        """The recorded state (empty if none); CacheError if state.json cannot be read."""
         try:
             doc = json.loads(self.state_path.read_text(encoding="utf-8"))
             return State.from_json(doc)
         except FileNotFoundError:
             return State()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            # A damaged state is no state: every file is re-checked, nothing crashes.
-            log.warning(
-                "state_corrupt",
-                f"ignoring unreadable cache state: {exc}",
-                path=str(self.state_path),
-            )
+            raise CacheError(
+                f"cache state {self.state_path} is unreadable ({exc}); a fetch rebuilds it"
+            ) from exc
+
+    def load_state(self) -> State:
+        """For fetch: a damaged state is no state, so every file is re-checked against the
+        source and the state is written anew; serving is not blocked by our own bookkeeping.
+        `verify` and `status` use `read_state`, which reports it (exit 5)."""
+        try:
+            return self.read_state()
+        except CacheError as exc:
+            log.warning("state_corrupt", str(exc), path=str(self.state_path))
             return State()
 
     def save_state(self, state: State) -> None:

@@ -18,7 +18,7 @@ from .verify import check_model, file_digest
 
 def verify_command(cfg: Config) -> int:
     cache = Cache(cfg.dest)
-    state = cache.load_state()
+    state = cache.read_state()
     problems = find_problems(cache, state, cfg.full)
     for problem in problems:
         log.warning("verify_failed", problem)
@@ -38,7 +38,7 @@ def verify_command(cfg: Config) -> int:
 
 def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
     if not state.files:
-        return [f"no model recorded in {cache.dest} (never fetched, or the state is unreadable)"]
+        return [f"no model recorded in {cache.dest} (never fetched)"]
     problems = [] if state.complete else [_incomplete(state)]
     workers = min(len(state.files), os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -92,7 +92,7 @@ def status_command(cfg: Config) -> int:
 
 
 def status(cache: Cache) -> dict[str, Any]:
-    state = cache.load_state()
+    state = cache.read_state()
     files = {
         rel: {
             "size": fs.size,

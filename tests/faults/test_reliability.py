@@ -206,17 +206,29 @@ def test_symlink_out_of_the_cache_is_not_followed(
     assert list(outside.iterdir()) == []
 
 
-def test_corrupt_state_is_treated_as_no_state(
+def test_corrupt_state_is_reported_by_verify_and_rebuilt_by_fetch(
     put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
 ) -> None:
     put("config.json", b"{}")
     assert fetch().code == 0
-    (dest / ".fetcher" / "state.json").write_text("{not json")
+    state_path = dest / ".fetcher" / "state.json"
+    state_path.write_text("{not json")
+    # The read-only commands cannot repair it: exit 5, one line naming the file and the fix.
+    for command in ("verify", "status"):
+        res = fetch(command)
+        assert res.code == 5, (command, res.stderr)
+        assert res.stdout == ""
+        line = (dest.parent / "termination-log").read_text()
+        assert f"cache state {state_path} is unreadable" in line and "a fetch rebuilds it" in line
+        assert "\n" not in line.strip() and "Traceback" not in res.stderr
+    # fetch treats it as no state: every file is checked again and the state is written anew.
     res = fetch()
     assert res.code == 0, res.stderr
     assert res.events("state_corrupt")
     assert res.events("done")[0]["files_fetched"] == 1
-    assert json.loads((dest / ".fetcher" / "state.json").read_text())["complete"] is True
+    assert (dest / "config.json").read_bytes() == b"{}"
+    assert json.loads(state_path.read_text())["complete"] is True
+    assert fetch("verify").code == 0
 
 
 # --- crash, stop and resume -----------------------------------------------------------------
