@@ -113,15 +113,21 @@ def startup_table(rows: Sequence[Summary]) -> str:
     return _grid(head, body)
 
 
-def comparisons(rows: Sequence[Summary]) -> list[str]:
-    """model-fetcher against each peer, and each fetcher variant against the default."""
+def comparisons(rows: Sequence[Summary], runs: Sequence[Run] = ()) -> list[str]:
+    """model-fetcher against each peer, and each fetcher variant against the default.
+
+    With the runs, each line also gives the ratio round by round: tools run back to back in a
+    round, so a round's ratio shares that moment's machine state (page-cache recycling, host
+    noise) that moves every tool's median by up to 20 % between runs of the bench.
+    """
     ok = {r.tool: r for r in rows if r.status == "ok"}
     base = ok.get("model-fetcher")
     if base is None:
         return []
     variants = [r for name, r in ok.items() if name.startswith("model-fetcher[")]
     peers = [r for name, r in ok.items() if not name.startswith("model-fetcher")]
-    return [_ratio(base, peer) for peer in peers] + [_ratio(v, base) for v in variants]
+    pairs = [(base, peer) for peer in peers] + [(v, base) for v in variants]
+    return [_ratio(a, b) + _per_round(a.tool, b.tool, runs) for a, b in pairs]
 
 
 def _ratio(a: Summary, b: Summary) -> str:
@@ -130,6 +136,25 @@ def _ratio(a: Summary, b: Summary) -> str:
         f"{a.tool} vs {b.tool}: {speed:.2f}x the throughput, {cpu:.2f}x the CPU per GiB,"
         f" {a.peak_rss_mib / b.peak_rss_mib:.2f}x the peak RSS"
     )
+
+
+def round_ratios(a: str, b: str, runs: Sequence[Run]) -> list[float]:
+    """Throughput of `a` over `b` in each measured round where both succeeded."""
+    walls: dict[tuple[str, int], float] = {
+        (r.tool, r.round): r.wall_s
+        for r in runs
+        if r.phase == "model" and r.ok and not r.discarded and not r.warmup
+    }
+    rounds = sorted({n for tool, n in walls if tool == a} & {n for tool, n in walls if tool == b})
+    return [walls[(b, n)] / walls[(a, n)] for n in rounds]
+
+
+def _per_round(a: str, b: str, runs: Sequence[Run]) -> str:
+    ratios = round_ratios(a, b, runs)
+    if not ratios:
+        return ""
+    listed = ", ".join(f"{x:.2f}" for x in ratios)
+    return f"; throughput round by round: {listed}"
 
 
 def noise_warning(rows: Sequence[Summary], limit: float, min_wall_s: float) -> str | None:

@@ -160,7 +160,7 @@ def _bench(opts: Options, server: SeaweedServer, workdir: Path) -> int:
     runs = _phase(plan, opts)
     rows = report.summarize(runs, {s.tool: s for s in startup})
     runs = startup_runs + runs
-    _print_results(opts, model, startup, rows)
+    _print_results(opts, model, startup, rows, runs)
     _write(opts, context, model, startup, rows, runs)
     return 0 if all(r.status == "ok" for r in [*rows, *startup]) else 1
 
@@ -291,6 +291,7 @@ def _print_results(
     model: dataset.Uploaded,
     startup: list[report.Summary],
     rows: list[report.Summary],
+    runs: list[Run],
 ) -> None:
     print(
         f"\n{model.total_bytes / 2**30:.2f} GiB in {opts.shards} shards;"
@@ -299,7 +300,7 @@ def _print_results(
     print(f"page cache: {PAGE_CACHE_NOTES[opts.page_cache]}\n")
     print(report.model_table(rows))
     print("\n" + report.startup_table(startup))
-    for line in report.comparisons(rows):
+    for line in report.comparisons(rows, runs):
         print(line)
     if noise := report.noise_warning(rows, opts.noise_limit, _NOISE_MIN_WALL_S):
         print(noise)
@@ -326,7 +327,7 @@ def _write(
         },
         "results": rows,
         "startup": startup,
-        "comparisons": report.comparisons(rows),
+        "comparisons": report.comparisons(rows, runs),
         "runs": runs,
     }
     report.write_json(opts.out / "latest.json", document)

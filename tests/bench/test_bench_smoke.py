@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bench.measure import run_measured
-from bench.runner import _compare
+from bench.report import comparisons, round_ratios, summarize
+from bench.runner import Run, _compare
 from bench.tools import binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +69,48 @@ def test_exit_code_and_timeout_are_reported(tmp_path: Path) -> None:
     assert failed.exit_code == 3
     stuck = run_measured(["sleep", "30"], {}, tmp_path / "log", timeout_s=0.5)
     assert stuck.exit_code is None and stuck.wall_s < 10
+
+
+def _run(tool: str, round_: int, wall_s: float, **kw: object) -> Run:
+    fields: dict[str, object] = dict(
+        phase="model",
+        tool=tool,
+        round=round_,
+        warmup=round_ == 0,
+        bytes=2**30,
+        wall_s=wall_s,
+        user_s=0.1,
+        sys_s=0.2,
+        cpu_s=0.3,
+        peak_rss_mib=50,
+        maxrss_mib=50,
+        tree_rss_mib=50,
+        sync_s=0,
+        server_cpu_s=0.5,
+        other_cpu_s=0,
+        other_cpu_share=0,
+        exit_code=0,
+        ok=True,
+        error=None,
+    )
+    return Run(**{**fields, **kw})
+
+
+def test_ratios_are_paired_by_round_over_measured_runs_only() -> None:
+    runs = [
+        _run("model-fetcher", 0, 9.0),  # warm-up: not counted
+        _run("s5cmd", 0, 1.0),
+        _run("model-fetcher", 1, 1.0),
+        _run("s5cmd", 1, 1.5),
+        _run("model-fetcher", 2, 2.0),
+        _run("s5cmd", 2, 2.4),
+        _run("model-fetcher", 3, 1.0, discarded=True),  # disturbed, run again
+        _run("s5cmd", 3, 5.0),
+        _run("s5cmd", 4, 5.0, ok=False, error="boom"),
+        _run("model-fetcher", 4, 1.0),
+    ]
+    assert round_ratios("model-fetcher", "s5cmd", runs) == pytest.approx([1.5, 1.2])
+    rows = summarize([r for r in runs if r.ok])
+    [line] = comparisons(rows, runs)
+    assert line.startswith("model-fetcher vs s5cmd: ")
+    assert line.endswith("throughput round by round: 1.50, 1.20")
