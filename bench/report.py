@@ -138,10 +138,11 @@ def _ratio(a: Summary, b: Summary) -> str:
     )
 
 
-def round_ratios(a: str, b: str, runs: Sequence[Run]) -> list[float]:
-    """Throughput of `a` over `b` in each measured round where both succeeded."""
+def round_ratios(a: str, b: str, runs: Sequence[Run], durable: bool = False) -> list[float]:
+    """Throughput of `a` over `b` in each measured round where both succeeded; `durable`
+    counts each run's closing `sync` too (bytes on disk, the like-for-like figure)."""
     walls: dict[tuple[str, int], float] = {
-        (r.tool, r.round): r.wall_s
+        (r.tool, r.round): r.wall_s + (r.sync_s if durable else 0.0)
         for r in runs
         if r.phase == "model" and r.ok and not r.discarded and not r.warmup
     }
@@ -153,8 +154,12 @@ def _per_round(a: str, b: str, runs: Sequence[Run]) -> str:
     ratios = round_ratios(a, b, runs)
     if not ratios:
         return ""
-    listed = ", ".join(f"{x:.2f}" for x in ratios)
-    return f"; throughput round by round: {listed}"
+    durable = round_ratios(a, b, runs, durable=True)
+    return f"; round by round: throughput {_listed(ratios)}, durable {_listed(durable)}"
+
+
+def _listed(values: Sequence[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
 
 
 def noise_warning(rows: Sequence[Summary], limit: float, min_wall_s: float) -> str | None:

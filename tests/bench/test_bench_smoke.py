@@ -102,15 +102,16 @@ def test_ratios_are_paired_by_round_over_measured_runs_only() -> None:
         _run("s5cmd", 0, 1.0),
         _run("model-fetcher", 1, 1.0),
         _run("s5cmd", 1, 1.5),
-        _run("model-fetcher", 2, 2.0),
-        _run("s5cmd", 2, 2.4),
+        _run("model-fetcher", 2, 2.0, sync_s=0.4),
+        _run("s5cmd", 2, 2.4, sync_s=1.2),
         _run("model-fetcher", 3, 1.0, discarded=True),  # disturbed, run again
         _run("s5cmd", 3, 5.0),
         _run("s5cmd", 4, 5.0, ok=False, error="boom"),
         _run("model-fetcher", 4, 1.0),
     ]
     assert round_ratios("model-fetcher", "s5cmd", runs) == pytest.approx([1.5, 1.2])
+    assert round_ratios("model-fetcher", "s5cmd", runs, durable=True) == pytest.approx([1.5, 1.5])
     rows = summarize([r for r in runs if r.ok])
     [line] = comparisons(rows, runs)
     assert line.startswith("model-fetcher vs s5cmd: ")
-    assert line.endswith("throughput round by round: 1.50, 1.20")
+    assert line.endswith("; round by round: throughput 1.50, 1.20, durable 1.50, 1.50")
