@@ -303,6 +303,20 @@ _SUMMARY = {
     "status": "print the cache state as JSON",
     "publish": "upload a model directory and its .model-manifest.json",
 }
+_FETCH_EXITS = """exit codes: 0 ok (the serve command, if given, replaces this process); 2 usage or
+configuration; 3 source (auth, no such bucket or prefix, unreachable while the cache is
+incomplete); 4 integrity (checksum, safetensors, shard index); 5 local cache (space,
+permissions); 143 SIGTERM, 130 SIGINT. The reason is one line on stderr and in
+FETCH_TERMINATION_LOG."""
+_COMMAND_EPILOG = {
+    "fetch": _FETCH_EXITS,
+    "verify": """exit codes:
+  0  every recorded file is present and unchanged (--full: and hashes as recorded),
+     and the safetensors headers and shard index check out
+  4  a file missing, changed, corrupt or invalid, or the last fetch did not finish
+  5  the cache state (DEST/.fetcher/state.json) cannot be read; a fetch rebuilds it
+The report is JSON on stdout; each problem is also logged.""",
+}
 
 
 def _add_flags(
@@ -317,7 +331,14 @@ def _add_flags(
 
 def _add_command(sub: argparse._SubParsersAction[_Parser], name: Command) -> _Parser:
     summary = _SUMMARY[name]
-    parser = sub.add_parser(name, usage=_USAGE[name], help=summary, description=summary)
+    parser = sub.add_parser(
+        name,
+        usage=_USAGE[name],
+        help=summary,
+        description=summary,
+        epilog=_COMMAND_EPILOG.get(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if name in ("fetch", "sidecar"):
         parser.add_argument("src", nargs="?", metavar="SRC_URI", help="s3://BUCKET/PREFIX/")
     if name == "publish":

@@ -514,12 +514,14 @@ def test_command_line_errors_become_config_errors() -> None:
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["fetch", "--help"], ["publish", "-h"]):
+    for argv in (["--help"], ["fetch", "--help"], ["publish", "-h"], ["verify", "--help"]):
         with pytest.raises(SystemExit) as caught:
             load(argv, {})
         assert caught.value.code == 0
     out = capsys.readouterr().out
     assert "FETCH_CONCURRENCY" in out and "MINIO_ENDPOINT" in out and "publish" in out
+    assert "143 SIGTERM" in out  # fetch's exit codes
+    assert "  5  the cache state (DEST/.fetcher/state.json) cannot be read" in out
 
 
 def test_never_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
