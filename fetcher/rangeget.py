@@ -141,6 +141,13 @@ class _Conn(asyncio.BufferedProtocol):
         try:
             self.transport.write(_request_bytes(req))
             await self.waiter
+        except asyncio.CancelledError:
+            # The caller may close the file, or open another in its place under the same fd
+            # number, once this returns: no write of ours may land after that.
+            self._fail(TransientSourceError("cancelled", reason="cancelled"))
+            if self.writing is not None and not self.writing.done():
+                await asyncio.wait([self.writing])
+            raise
         finally:
             self._timer.cancel()
             self._reset()
@@ -148,6 +155,9 @@ class _Conn(asyncio.BufferedProtocol):
     def _check_idle(self) -> None:
         if self.waiter is None or self.waiter.done():
             return
+        if self.paused:
+            # Reading stopped for our own writes (a slow disk), not for the source: not idle.
+            self.last_read = self.loop.time()
         idle = self.loop.time() - self.last_read
         if idle >= self.read_timeout:
             stalled = TransientSourceError(
@@ -249,14 +259,27 @@ class _Conn(asyncio.BufferedProtocol):
 
     def _drain(self, _: object) -> None:
         while self._then:
+            if self.writing is not None and not self.writing.done():
+                # A write started since this drain was scheduled (`_resume` hands off the
+                # next buffer first): the steps wait for it too.
+                self.writing.add_done_callback(self._drain)
+                return
             if self._write_failed():
                 self._then.clear()
                 return
-            self._then[0]()
+            step = self._then[0]
+            try:
+                step()
+            except Exception as exc:  # the last bytes, written here on the loop, failed
+                self._then.clear()
+                self._fail(exc if isinstance(exc, FetchError) else FetchError(repr(exc)))
+                return
             self._then.pop(0)
 
     def _write_failed(self) -> bool:
-        if self.writing is None or self.writing.cancelled() or self.writing.exception() is None:
+        if self.writing is None or not self.writing.done() or self.writing.cancelled():
+            return False
+        if self.writing.exception() is None:
             return False
         exc = self.writing.exception()
         self.writing = None

@@ -7,9 +7,14 @@ commit) and hands each part to the least busy worker: a `python -m fetcher.worke
 that imports neither botocore nor the cache state (it is given a presigned URL), writes the
 part with `pwrite` into the parent's preallocated partial file, and answers with its hash.
 
-Wire format, one JSON object per line: parent -> worker `{"id", "task", "path", "url"}`;
-worker -> parent `{"id", "digest"}` or `{"id", "error", "message", "reason"}`, and hook
-events `{"h": "b"|"r"|"q"|"i", "v": ...}` (bytes, retry, request seconds, in-flight delta).
+Wire format, one JSON object per line: parent -> worker `{"id", "task", "path", "url"}` or
+`{"cancel": id}`; worker -> parent `{"id", "digest"}` or `{"id", "error", "message", "reason"}`
+(a cancelled task answers too, once its last write has landed), and hook events
+`{"h": "b"|"r"|"q"|"i", "v": ...}` (bytes, retry, request seconds, in-flight delta).
+
+A worker opens the partial file for each part and closes it after: the parent may discard a
+file and create another under the same name (an object replaced mid-download), and a worker
+holding descriptors across parts would write into the old one and keep one open per file.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import sys
 import threading
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ _LINE_LIMIT = 1 << 20
 class _Worker:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        self.alive = True  # until its output ends
         self.busy = 0
         self.pending: dict[int, asyncio.Future[str]] = {}
         self.reader: asyncio.Task[None] | None = None
@@ -82,20 +89,34 @@ class WorkerPool:
         return pool
 
     async def download(self, task: PartTask, path: Path, url: str) -> str:
-        worker = min(self.workers, key=lambda w: w.busy)
+        alive = [w for w in self.workers if w.alive]
+        if not alive:
+            raise TransientSourceError("every worker process has exited", reason="worker")
+        worker = min(alive, key=lambda w: w.busy)
         self._next_id += 1
         ident = self._next_id
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         worker.pending[ident] = future
         worker.busy += 1
         try:
-            line = json.dumps({"id": ident, "task": asdict(task), "path": str(path), "url": url})
-            assert worker.proc.stdin is not None
-            worker.proc.stdin.write(line.encode() + b"\n")
-            return await future
+            self._send(worker, {"id": ident, "task": asdict(task), "path": str(path), "url": url})
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The caller may discard the file once this returns: the worker stops the part
+            # and answers only after its last write has landed (or its output ends).
+            self._send(worker, {"cancel": ident})
+            await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # the answer of a cancelled part is not needed
+            raise
         finally:
             worker.busy -= 1
             worker.pending.pop(ident, None)
+
+    def _send(self, worker: _Worker, msg: dict[str, Any]) -> None:
+        stdin = worker.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(json.dumps(msg).encode() + b"\n")
 
     async def _read(self, worker: _Worker) -> None:
         assert worker.proc.stdout is not None
@@ -111,6 +132,7 @@ class WorkerPool:
                 future.set_result(msg["digest"])
             else:
                 future.set_exception(_rebuild(msg))
+        worker.alive = False
         died = TransientSourceError(
             f"worker process exited ({worker.proc.returncode})", reason="worker"
         )
@@ -200,35 +222,31 @@ async def _serve(settings: dict[str, Any]) -> None:
         return urls[key]
 
     parts = PartDownloader(getter, inflight, settings["retries"], url_for, _PipeHooks())
-    fds: dict[str, tuple[int, int | None]] = {}
+    tasks: dict[int, asyncio.Task[None]] = {}
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     async with asyncio.TaskGroup() as tg:
         async for raw in reader:
             msg = json.loads(raw)
+            if "cancel" in msg:
+                if (running := tasks.get(msg["cancel"])) is not None:
+                    running.cancel()
+                continue
             urls[msg["task"]["key"]] = msg["url"]
-            tg.create_task(_one(parts, msg, fds, settings["direct_io"]))
+            task = tg.create_task(_one(parts, msg, settings["direct_io"]))
+            tasks[msg["id"]] = task
+            task.add_done_callback(partial(_forget, tasks, msg["id"]))
     getter.close()
-    for fd, direct_fd in fds.values():
-        os.close(fd)
-        if direct_fd is not None:
-            os.close(direct_fd)
 
 
-async def _one(
-    parts: PartDownloader,
-    msg: dict[str, Any],
-    fds: dict[str, tuple[int, int | None]],
-    direct_io: bool,
-) -> None:
+async def _one(parts: PartDownloader, msg: dict[str, Any], direct_io: bool) -> None:
     path = msg["path"]
+    fd, direct_fd = -1, None
     try:
-        if path not in fds:
-            with os_errors("open", path):
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            fds[path] = (fd, directio.open_direct(path, os.O_WRONLY) if direct_io else None)
-        fd, direct_fd = fds[path]
+        with os_errors("open", path):
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        direct_fd = directio.open_direct(path, os.O_WRONLY) if direct_io else None
 
         def write(data: memoryview, offset: int) -> None:
             with os_errors("write", path):
@@ -237,14 +255,29 @@ async def _one(
         digest = await parts.download(PartTask(**msg["task"]), write)
         _emit({"id": msg["id"], "digest": digest})
     except FetchError as exc:
-        _emit(
-            {
-                "id": msg["id"],
-                "error": type(exc).__name__,
-                "message": str(exc),
-                "reason": getattr(exc, "reason", None),
-            }
-        )
+        _emit_error(msg["id"], exc)
+    except asyncio.CancelledError:
+        # Asked by the parent: the request has already waited for its write in flight.
+        _emit_error(msg["id"], TransientSourceError("cancelled", reason="cancelled"))
+    finally:
+        for open_fd in (fd, direct_fd):
+            if open_fd is not None and open_fd >= 0:
+                os.close(open_fd)
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], ident: int, _: object) -> None:
+    tasks.pop(ident, None)
+
+
+def _emit_error(ident: int, exc: FetchError) -> None:
+    _emit(
+        {
+            "id": ident,
+            "error": type(exc).__name__,
+            "message": str(exc),
+            "reason": getattr(exc, "reason", None),
+        }
+    )
 
 
 def main() -> None:

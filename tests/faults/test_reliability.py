@@ -118,6 +118,7 @@ def test_deadline_bounds_a_stalled_fetch(
     assert tree(dest) == {}
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_object_replaced_mid_download_restarts_on_the_new_version(
     s3: Any,
     put: Callable[[str, bytes], None],
@@ -125,6 +126,7 @@ def test_object_replaced_mid_download_restarts_on_the_new_version(
     dest: Path,
     proxy: FaultProxy,
     prefix: str,
+    workers: str,
 ) -> None:
     old, new = os.urandom(6 * PART), os.urandom(6 * PART)
     put("weights.bin", old)
@@ -133,9 +135,16 @@ def test_object_replaced_mid_download_restarts_on_the_new_version(
         s3.put_object(Bucket=BUCKET, Key=prefix + "weights.bin", Body=new)
 
     proxy.add_fault(Callback(replace), method="GET", path_contains=prefix, skip=2)
-    res = fetch(endpoint=proxy.endpoint, FETCH_PART_SIZE=str(PART), FETCH_CONCURRENCY="2")
+    res = fetch(
+        endpoint=proxy.endpoint,
+        FETCH_PART_SIZE=str(PART),
+        FETCH_CONCURRENCY="2",
+        FETCH_WORKERS=workers,
+    )
     assert res.code == 0, res.stderr
-    assert (dest / "weights.bin").read_bytes() == new  # never a splice of old and new
+    # Never a splice of old and new, nor the zeros of a file the workers did not write into.
+    assert (dest / "weights.bin").read_bytes() == new
+    assert fetch("verify", "--full").code == 0
     assert res.events("object_changed")
     statuses = {r.status for r in proxy.requests if r.method == "GET" and prefix in r.path}
     assert 412 in statuses

@@ -1,0 +1,201 @@
+"""The byte path against the real server when our own side misbehaves: a write that fails or
+stalls, a request cancelled mid-body, worker processes that die or stay open.
+
+The sinks here are our own callbacks (the file writer is swapped for one that records, fails
+or sleeps); the server, the sockets and the HTTP are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+from devtools.seaweed import SeaweedServer
+from fetcher.errors import CacheError, TransientSourceError
+from fetcher.partget import PartTask
+from fetcher.rangeget import RangeGetter, RangeRequest
+from fetcher.workers import WorkerPool
+from tests.conftest import BUCKET, pod_env, tree
+
+MIB = 2**20
+
+
+def _request(s3: Any, key: str, size: int) -> RangeRequest:
+    head = s3.head_object(Bucket=BUCKET, Key=key)
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key})
+    return RangeRequest(url, key, head["ETag"], 0, size - 1, size)
+
+
+def _get(req: RangeRequest, sink: Callable[[memoryview, int], None], read_timeout: float) -> None:
+    async def run() -> None:
+        getter = RangeGetter(4, connect_timeout=5, read_timeout=read_timeout, ssl_context=None)
+        try:
+            async with asyncio.timeout(30):  # a hang fails the test instead of stalling it
+                await getter.get(req, sink)
+        finally:
+            getter.close()
+
+    asyncio.run(run())
+
+
+def test_failed_write_of_the_last_bytes_fails_the_request(
+    s3: Any, put: Callable[[str, bytes], None], prefix: str
+) -> None:
+    # 3 MiB: the first 2 MiB go to the writer thread (slowed, so it is still busy when the
+    # body ends); the last 1 MiB is written on the loop after it, and that write fails.
+    put("w.bin", os.urandom(3 * MIB))
+    req = _request(s3, prefix + "w.bin", 3 * MIB)
+
+    def sink(data: memoryview, offset: int) -> None:
+        if offset == 0:
+            time.sleep(0.3)
+            return
+        raise CacheError("no space left to write w.bin")
+
+    started = time.monotonic()
+    with pytest.raises(CacheError, match="no space left"):
+        _get(req, sink, read_timeout=5)
+    assert time.monotonic() - started < 5  # failed at once, not by the read timeout
+
+
+def test_slow_writes_are_not_a_silent_source(
+    s3: Any, put: Callable[[str, bytes], None], prefix: str
+) -> None:
+    data = os.urandom(8 * MIB)
+    put("w.bin", data)
+    req = _request(s3, prefix + "w.bin", len(data))
+    got = bytearray(len(data))
+
+    def sink(chunk: memoryview, offset: int) -> None:
+        time.sleep(0.6)  # each write takes longer than the read timeout below
+        got[offset : offset + len(chunk)] = chunk
+
+    _get(req, sink, read_timeout=0.25)
+    assert bytes(got) == data
+
+
+def test_cancelled_request_returns_only_after_its_write_landed(
+    s3: Any, put: Callable[[str, bytes], None], prefix: str
+) -> None:
+    put("w.bin", os.urandom(8 * MIB))
+    req = _request(s3, prefix + "w.bin", 8 * MIB)
+    events: list[tuple[str, int]] = []
+
+    async def run() -> None:
+        loop, writing = asyncio.get_running_loop(), asyncio.Event()
+
+        def sink(chunk: memoryview, offset: int) -> None:
+            loop.call_soon_threadsafe(writing.set)
+            time.sleep(0.5)
+            events.append(("write done", offset))
+
+        getter = RangeGetter(4, connect_timeout=5, read_timeout=5, ssl_context=None)
+        task = asyncio.create_task(getter.get(req, sink))
+        await writing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events.append(("cancelled", -1))
+        getter.close()
+
+    asyncio.run(run())
+    # The caller may close the file, and reuse its descriptor number, once the request is
+    # cancelled: every write it started has landed by then, and none starts after.
+    assert events[0] == ("write done", 0) and events[1] == ("cancelled", -1)
+    assert len(events) == 2
+
+
+def _pool_task(s3: Any, key: str, size: int) -> tuple[PartTask, str]:
+    head = s3.head_object(Bucket=BUCKET, Key=key)
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key})
+    return PartTask(key, key, head["ETag"], size, 0, 0, size - 1), url
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def on_bytes(self, nbytes: int) -> None:
+        self.bytes += nbytes
+
+    def on_retry(self, reason: str) -> None: ...
+    def on_request(self, seconds: float) -> None: ...
+    def on_inflight(self, delta: int) -> None: ...
+
+
+def _pool_config() -> Any:
+    class Cfg:
+        concurrency, workers, retries = 4, 2, 3
+        connect_timeout, read_timeout = 5.0, 5.0
+        tls_verify, ca_bundle = True, None
+        log_format, log_level, direct_io = "json", "warning", True
+
+    return Cfg()
+
+
+def test_dead_idle_worker_is_passed_over_and_no_worker_left_fails_at_once(
+    s3: Any, put: Callable[[str, bytes], None], prefix: str, tmp_path: Path
+) -> None:
+    data = os.urandom(MIB + 5)
+    put("w.bin", data)
+    task, url = _pool_task(s3, prefix + "w.bin", len(data))
+    target = tmp_path / "w.part"
+    target.write_bytes(b"\0" * len(data))
+
+    async def run() -> None:
+        pool = await WorkerPool.start(_pool_config(), _Counting())
+        try:
+            first = pool.workers[0]
+            first.proc.send_signal(signal.SIGKILL)
+            await first.proc.wait()
+            async with asyncio.timeout(30):
+                await asyncio.wait([first.reader])  # its output ends a moment after it dies
+                digest = await pool.download(task, target, url)
+            assert digest == xxhash.xxh3_128_hexdigest(data)
+            pool.workers[1].proc.send_signal(signal.SIGKILL)
+            await pool.workers[1].proc.wait()
+            async with asyncio.timeout(30):
+                await asyncio.wait([pool.workers[1].reader])
+                with pytest.raises(TransientSourceError, match="every worker process"):
+                    await pool.download(task, target, url)
+        finally:
+            await pool.close(abort=True)
+
+    asyncio.run(run())
+    assert target.read_bytes() == data
+
+
+def test_workers_keep_no_descriptor_per_file(
+    put: Callable[[str, bytes], None], s3_server: SeaweedServer, prefix: str, dest: Path
+) -> None:
+    # Each worker used to keep two descriptors per file it had written a part of.
+    files = {f"f{i:03}.json": os.urandom(64 + i) for i in range(160)}
+    for rel, data in files.items():
+        put(rel, data)
+    env = {"PATH": os.environ["PATH"], **pod_env(s3_server, prefix, dest), "FETCH_WORKERS": "2"}
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "fetcher"],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert tree(dest) == files
