@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -213,10 +214,13 @@ def _choice(options: tuple[L, ...], aliases: Mapping[str, L] | None = None) -> C
     return parse
 
 
+_MAX_SECONDS = 7 * 24 * 3600.0  # beyond this, event-loop timers overflow, and no wait is meant
+
+
 def _seconds(text: str) -> float:
     value = parse_duration(text)
-    if value <= 0:
-        raise ValueError("expected a duration above zero, such as 10s, 500ms or 5m")
+    if not 0 < value <= _MAX_SECONDS:
+        raise ValueError("expected a duration above zero and at most 168h, such as 10s or 5m")
     return value
 
 
@@ -493,6 +497,15 @@ def _credentials(r: _Reader) -> tuple[str | None, str | None, str | None]:
     """Values are read directly, never through _Reader.parse: no message may quote them."""
     secret = {name: r.env.get(name, "").strip() or None for pair in _KEY_PAIRS for name in pair}
     token = r.env.get("AWS_SESSION_TOKEN", "").strip() or None
+    unusable = [
+        name
+        for name, value in [*secret.items(), ("AWS_SESSION_TOKEN", token)]
+        if value is not None and not (value.isascii() and value.isprintable())
+    ]
+    if unusable:
+        # An HTTP library would quote the value back in its error (the signature with it).
+        r.problems += [f"{name}: contains a control or non-ASCII character" for name in unusable]
+        return None, None, None
     for key_name, secret_name in _KEY_PAIRS:
         key, value = secret[key_name], secret[secret_name]
         if key and value:
@@ -514,9 +527,22 @@ def _tls(r: _Reader, endpoint: str | None) -> tuple[bool, str | None]:
     if found is None or (endpoint is not None and endpoint.startswith("http://")):
         return minio_verify and s3_verify, None
     where, path = found
-    if not os.path.exists(path):
-        r.problems.append(f"{where}: no such file, got {path!r}")
+    if problem := _ca_bundle_problem(path):
+        r.problems.append(f"{where}: {problem}, got {path!r}")
     return minio_verify and s3_verify, path
+
+
+def _ca_bundle_problem(path: str) -> str | None:
+    """Loaded here once, so a bad bundle is a configuration error, not a TLS failure later."""
+    if os.path.isdir(path):
+        return "a directory; point it at the certificate file inside it (for example ca.crt)"
+    if not os.path.exists(path):
+        return "no such file"
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"not a readable PEM certificate bundle ({getattr(exc, 'strerror', None) or exc})"
+    return None
 
 
 def _identity(r: _Reader, hostname: str | None) -> str:

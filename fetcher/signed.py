@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, unquote_plus, urlencode
 from xml.etree import ElementTree
 
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
@@ -199,7 +199,9 @@ def _parse_listing(body: bytes, prefix: str) -> tuple[list[RemoteObject], str | 
         raise TransientSourceError(f"unreadable listing: {exc}", reason="protocol") from None
     page = []
     for item in root.iter(f"{_NS}Contents"):
-        key = unquote(item.findtext(f"{_NS}Key") or "")
+        # encoding-type=url is form encoding: a space comes back as "+" (botocore reads it
+        # the same way), a literal "+" as %2B.
+        key = unquote_plus(item.findtext(f"{_NS}Key") or "")
         size = int(item.findtext(f"{_NS}Size") or "0")
         obj = listed_object(key, size, item.findtext(f"{_NS}ETag") or "", prefix)
         if obj is not None:

@@ -69,6 +69,25 @@ def test_nested_keys(
     assert tree(dest) == files
 
 
+def test_keys_with_spaces_plus_signs_and_unicode(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    # The listing comes url-encoded: a space as "+", a "+" as %2B.
+    files = {
+        "tokenizer config.json": b"space",
+        "a+b.json": b"plus",
+        "dir with space/x y+z.bin": os.urandom(3000),
+        "modèle/é.json": b"unicode",
+        "100%.txt": b"percent",
+    }
+    for rel, data in files.items():
+        put(rel, data)
+    res = fetch(FETCH_PART_SIZE="64KiB")
+    assert res.code == 0, res.stderr
+    assert tree(dest) == files
+    assert fetch("verify", "--full").code == 0
+
+
 def test_prefix_is_a_directory(
     s3: Any, prefix: str, fetch: Callable[..., Result], dest: Path
 ) -> None:

@@ -15,6 +15,7 @@ from fetcher.config import (
     parse_size,
 )
 from fetcher.errors import EXIT_CONFIG, ConfigError
+from tests.faults.test_tls import make_certs
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY"
 
@@ -395,13 +396,37 @@ def test_credential_priority_and_absence() -> None:
 
 
 def test_tls_settings(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca, _, _ = make_certs(tmp_path)
     assert load([], {**POD_ENV, "MINIO_CA_BUNDLE": str(ca)}).ca_bundle == str(ca)
     env = {**POD_ENV, "MINIO_CA_BUNDLE": str(ca), "AWS_CA_BUNDLE": "/missing"}
     assert load([], env).ca_bundle == str(ca)
     [problem] = problems_of([], {**POD_ENV, "AWS_CA_BUNDLE": str(tmp_path / "missing.pem")})
     assert problem.startswith("AWS_CA_BUNDLE: no such file")
+
+
+def test_unusable_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    # A ConfigMap mount directory, and a file that is not PEM: named, with the fix, exit 2.
+    [problem] = problems_of([], {**POD_ENV, "MINIO_CA_BUNDLE": str(tmp_path)})
+    assert problem.startswith("MINIO_CA_BUNDLE: a directory; point it at the certificate file")
+    junk = tmp_path / "ca.crt"
+    junk.write_text("-----BEGIN CERTIFICATE-----\n")
+    [problem] = problems_of([], {**POD_ENV, "MINIO_CA_BUNDLE": str(junk)})
+    assert problem.startswith("MINIO_CA_BUNDLE: not a readable PEM certificate bundle")
+    assert str(junk) in problem
+
+
+@pytest.mark.parametrize("name", ["MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "AWS_SESSION_TOKEN"])
+@pytest.mark.parametrize("bad", ["ab\ncd", "ab\x00cd", "clé"])
+def test_credentials_with_control_or_non_ascii_characters(name: str, bad: str) -> None:
+    # http.client would refuse the header and quote it, signature and all, in its error.
+    problems = problems_of([], {**POD_ENV, name: SECRET + bad})
+    assert problems == [f"{name}: contains a control or non-ASCII character"]
+
+
+def test_timeouts_beyond_a_week_are_refused() -> None:
+    [problem] = problems_of([], {**POD_ENV, "FETCH_READ_TIMEOUT": "100000000000"})
+    assert problem.startswith("FETCH_READ_TIMEOUT: expected a duration above zero and at most")
+    assert load([], {**POD_ENV, "FETCH_DEADLINE": "168h"}).deadline == 7 * 24 * 3600
     assert load([], {**POD_ENV, "MINIO_TLS_VERIFY": "false"}).tls_verify is False
     assert load([], {**POD_ENV, "S3_VERIFY_SSL": "off"}).tls_verify is False
     assert load([], {**POD_ENV, "S3_VERIFY_SSL": "yes"}).tls_verify is True
