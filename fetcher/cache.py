@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -60,8 +61,17 @@ class State:
     def from_json(cls, doc: dict[str, Any]) -> State:
         if doc.get("version") != STATE_VERSION:
             raise ValueError(f"unknown state version {doc.get('version')!r}")
-        files = {str(k): FileState(**v) for k, v in doc["files"].items()}
+        files = {_recorded_rel(k): FileState(**v) for k, v in doc["files"].items()}
         return cls(files, dict(doc["source"]), bool(doc["complete"]), dict(doc["last_fetch"]))
+
+
+def _recorded_rel(rel: object) -> str:
+    """A file entry of the state, held to the rule of keys: a damaged or planted entry must
+    not make a fetch remove, or verify read, a path outside the cache."""
+    try:
+        return safe_rel(str(rel))
+    except UnsafeKey as exc:
+        raise ValueError(f"file entry {rel!r} is not a path inside the cache") from exc
 
 
 @contextmanager
@@ -201,8 +211,19 @@ class Cache:
         return st.f_bavail * st.f_frsize
 
     def open_partial(self, key: str, etag: str, size: int, part_size: int) -> Partial:
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return Partial.open(self.partial_dir / name, etag, size, part_size, self.direct_io)
+        return Partial.open(self._partial_base(key), etag, size, part_size, self.direct_io)
+
+    def partial_bytes(self, key: str) -> int:
+        """Disk space the partial file of `key` holds already: a resumed or restarted download
+        writes into it, so that space is not needed twice."""
+        try:
+            st = os.lstat(self._partial_base(key).with_suffix(".part"))
+        except OSError:
+            return 0
+        return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
+
+    def _partial_base(self, key: str) -> Path:
+        return self.partial_dir / hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def commit(self, partial: Partial, rel: str) -> int:
         """Move a finished partial file to its final name; returns its mtime_ns."""
@@ -232,6 +253,19 @@ class Cache:
             directory = directory.parent
 
 
+def _open_own_file(path: Path) -> int:
+    """Open (or create) a file of ours for writing, never through a link planted in its place:
+    it would point the model's bytes, and later its final name, outside the cache."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    path.unlink()
+    return os.open(path, flags, 0o644)
+
+
 class Partial:
     """A preallocated file of the object's size plus a journal of its finished parts."""
 
@@ -248,9 +282,9 @@ class Partial:
     def open(cls, base: Path, etag: str, size: int, part_size: int, direct: bool = True) -> Partial:
         path = base.with_suffix(".part")
         with os_errors("create partial file", path):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = _open_own_file(path)
         # The bulk bytes bypass the page cache where the file system allows (directio.py).
-        direct_fd = directio.open_direct(path, os.O_RDWR) if direct else None
+        direct_fd = directio.open_direct(path, os.O_RDWR | os.O_NOFOLLOW) if direct else None
         partial = cls(base, etag, size, part_size, fd, direct_fd)
         partial.done = partial._resumable_parts()
         if not partial.done:

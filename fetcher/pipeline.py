@@ -237,7 +237,8 @@ class Fetch:
             log.event("file_removed", f"removed {rel}: no longer in the bucket", file=rel)
 
     def _check_space(self, plan: Plan) -> None:
-        need, free = plan.fetch_bytes, self.cache.free_bytes()
+        held = sum(min(self.cache.partial_bytes(j.obj.key), j.obj.size) for j in plan.fetch)
+        need, free = plan.fetch_bytes - held, self.cache.free_bytes()
         if need > free:
             raise CacheError(
                 f"not enough space in {self.cfg.dest}: {_gib(need)} to fetch, {_gib(free)} free"
