@@ -296,6 +296,22 @@ def test_part_corrupted_every_time_fails_after_the_retry_budget(
     assert "integrity error" in (dest.parent / "termination-log").read_text()
 
 
+def test_stale_manifest_fails_each_part_at_most_twice(
+    s3: Any, model: Path, own_copy: str, fetch: Callable[..., Result], dest: Path, proxy: FaultProxy
+) -> None:
+    # The shard was replaced after publishing, same size, no new manifest: every part
+    # mismatches, every time; that is the source, not the network.
+    size = (model / SHARD2).stat().st_size
+    s3.put_object(Bucket=BUCKET, Key=own_copy + SHARD2, Body=os.urandom(size))
+    res = fetch(endpoint=proxy.endpoint, MODEL_PREFIX=own_copy)
+    assert res.code == 4, res.stderr
+    assert "checksum mismatch" in res.stderr and SHARD2 in res.stderr
+    assert not (dest / SHARD2).exists()
+    parts = -(-size // PART)
+    assert proxy.count("GET", path_contains=own_copy + SHARD2) <= 2 * parts
+    assert len(res.events("part_checksum")) <= 2 * parts
+
+
 def test_object_replaced_by_another_size_mid_download_is_refused(
     s3: Any, own_copy: str, fetch: Callable[..., Result], dest: Path, proxy: FaultProxy
 ) -> None:
