@@ -15,6 +15,7 @@
     │  ├─ InvalidModel                             bad safetensors header, index names no shard
     │  └─ UnsafeKey                                a key that would escape the cache directory
     └─ CacheError                         exit 5   no space, permissions, corrupt local state
+       └─ WorkerLost                               a FETCH_WORKERS process died (OOM-killed?)
     Stopped                               exit 143 (SIGTERM) / 130 (SIGINT)
 
 Errors are mapped into this tree where they arise: botocore and socket errors in `source.py` /
@@ -102,6 +103,11 @@ class UnsafeKey(IntegrityError):
 
 class CacheError(FetchError):
     exit_code = EXIT_CACHE
+
+
+class WorkerLost(CacheError):
+    """A worker process died under us: this node's doing (memory limit, a kill), not the
+    source's. Its part is fetched again by a live worker; with none left, exit 5."""
 
 
 class Stopped(FetchError):

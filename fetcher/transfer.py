@@ -25,6 +25,7 @@ from .errors import (
     IntegrityError,
     ObjectChanged,
     ObjectNotFound,
+    WorkerLost,
 )
 from .metrics import Metrics
 from .partget import Part, PartDownloader, PartTask, plan_parts
@@ -250,10 +251,17 @@ class Transfer:
 
     async def _download_part(self, obj: RemoteObject, part: Part, partial: Partial) -> str:
         task = PartTask(obj.key, obj.rel, obj.etag, obj.size, part.index, part.start, part.end)
-        if self.pool is not None:
-            return await self.pool.download(task, partial.path, await self._url(obj.key))
-        assert self.parts is not None  # built in run() whenever there is no pool
-        return await self.parts.download(task, partial.pwrite)
+        if self.pool is None:
+            assert self.parts is not None  # built in run() whenever there is no pool
+            return await self.parts.download(task, partial.pwrite)
+        while True:
+            try:
+                return await self.pool.download(task, partial.path, await self._url(obj.key))
+            except WorkerLost as exc:
+                if not self.pool.any_alive():
+                    raise
+                # The whole part again, on a live worker: its digest is of the new stream.
+                log.warning("worker_lost", f"{exc}; {obj.rel} part {part.index} again")
 
     async def _url(self, key: str) -> str:
         cached = self._urls.get(key)

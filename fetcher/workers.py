@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import threading
+from contextlib import suppress
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 
 from . import directio, errors, log
 from .cache import os_errors
-from .errors import FetchError, TransientSourceError
+from .errors import FetchError, TransientSourceError, WorkerLost
 from .partget import Hooks, PartDownloader, PartTask
 from .rangeget import RangeGetter, tls_context
 
@@ -91,7 +92,7 @@ class WorkerPool:
     async def download(self, task: PartTask, path: Path, url: str) -> str:
         alive = [w for w in self.workers if w.alive]
         if not alive:
-            raise TransientSourceError("every worker process has exited", reason="worker")
+            raise WorkerLost("every worker process has exited (killed, or out of memory?)")
         worker = min(alive, key=lambda w: w.busy)
         self._next_id += 1
         ident = self._next_id
@@ -133,12 +134,15 @@ class WorkerPool:
             else:
                 future.set_exception(_rebuild(msg))
         worker.alive = False
-        died = TransientSourceError(
-            f"worker process exited ({worker.proc.returncode})", reason="worker"
-        )
+        with suppress(TimeoutError):  # its output ends as it exits: reap it for the status
+            await asyncio.wait_for(worker.proc.wait(), timeout=2)
+        died = WorkerLost(f"worker process {worker.proc.pid} {_how_it_ended(worker.proc)}")
         for future in worker.pending.values():
             if not future.done():
                 future.set_exception(died)
+
+    def any_alive(self) -> bool:
+        return any(w.alive for w in self.workers)
 
     def _hook(self, kind: str, value: Any) -> None:
         if kind == "b":
@@ -166,6 +170,15 @@ class WorkerPool:
                 await worker.proc.wait()
             if worker.reader is not None:
                 worker.reader.cancel()
+
+
+def _how_it_ended(proc: asyncio.subprocess.Process) -> str:
+    code = proc.returncode
+    if code is None:
+        return "closed its output"
+    if code < 0:
+        return f"was killed by signal {-code} (out of memory?)"
+    return f"exited with status {code}"
 
 
 def _rebuild(msg: dict[str, Any]) -> FetchError:

@@ -22,11 +22,13 @@ import pytest
 import xxhash
 
 from devtools.seaweed import SeaweedServer
-from fetcher.errors import CacheError, TransientSourceError
+from fetcher.errors import CacheError, WorkerLost
 from fetcher.partget import PartTask
 from fetcher.rangeget import RangeGetter, RangeRequest
 from fetcher.workers import WorkerPool
-from tests.conftest import BUCKET, pod_env, tree
+from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
+from tests.faults.proxy import FaultProxy, Stall
+from tests.faults.test_reliability import popen_fetcher, wait_for_parts
 
 MIB = 2**20
 
@@ -167,7 +169,7 @@ def test_dead_idle_worker_is_passed_over_and_no_worker_left_fails_at_once(
             await pool.workers[1].proc.wait()
             async with asyncio.timeout(30):
                 await asyncio.wait([pool.workers[1].reader])
-                with pytest.raises(TransientSourceError, match="every worker process"):
+                with pytest.raises(WorkerLost, match="every worker process"):
                     await pool.download(task, target, url)
         finally:
             await pool.close(abort=True)
@@ -199,3 +201,34 @@ def test_workers_keep_no_descriptor_per_file(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert tree(dest) == files
+
+
+def test_parts_of_a_killed_worker_are_fetched_by_another(
+    put: Callable[[str, bytes], None],
+    s3_server: SeaweedServer,
+    proxy: FaultProxy,
+    prefix: str,
+    dest: Path,
+) -> None:
+    part = 256 * 1024
+    data = os.urandom(12 * part)
+    put("weights.bin", data)
+    # Parts 7 and 8 stall for a while, one on each worker; one worker is then OOM-killed.
+    proxy.add_fault(Stall(3, after=0), method="GET", path_contains=prefix, times=2, skip=6)
+    env = {
+        **pod_env(s3_server, prefix, dest, proxy.endpoint),
+        "FETCH_PART_SIZE": str(part),
+        "FETCH_CONCURRENCY": "2",
+        "FETCH_WORKERS": "2",
+    }
+    proc = popen_fetcher(env)
+    wait_for_parts(dest, 6)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert (dest / "weights.bin").read_bytes() == data
+    res = Result(proc.returncode, "", stderr)
+    lost = res.events("worker_lost")  # one per part it held
+    assert lost and all(f"{children[0]} was killed by signal 9" in e["msg"] for e in lost)
+    assert run_fetcher(["verify", "--full"], env).code == 0
