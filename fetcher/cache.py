@@ -96,18 +96,20 @@ def cache_error(exc: OSError, action: str, path: Path | str) -> CacheError:
 
 def safe_rel(rel: str) -> str:
     """Refuse a key that could land outside DEST or inside the fetcher's own directory."""
-    bad = (
-        not rel
-        or rel.startswith("/")
-        or "\\" in rel
-        or "\x00" in rel
-        or any(ord(c) < 32 for c in rel)
-        or any(part in ("", ".", "..") for part in rel.split("/"))
-        or rel.split("/")[0] == META_DIR
-    )
-    if bad:
-        raise UnsafeKey(f"refusing unsafe object key {rel!r}: it would escape the cache directory")
+    if why := _unsafe(rel):
+        raise UnsafeKey(f"refusing unsafe object key {rel!r}: {why}")
     return rel
+
+
+def _unsafe(rel: str) -> str | None:
+    if any(ord(c) < 32 for c in rel):
+        return "it contains a control character"
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+        return "it would escape the cache directory"
+    if parts[0] == META_DIR:
+        return f"it would land in the fetcher's own {META_DIR}/ directory"
+    return None
 
 
 def write_json_atomic(path: Path, doc: object) -> None:

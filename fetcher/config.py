@@ -224,6 +224,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _region(text: str) -> str:
+    # Part of every signature: a malformed one only surfaces later as "check the credentials".
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", text.strip()):
+        raise ValueError("expected a region name such as us-east-1")
+    return text.strip()
+
+
 def _part_size(text: str) -> int:
     size = parse_size(text)
     if not MIN_PART_SIZE <= size <= MAX_PART_SIZE:
@@ -586,7 +593,7 @@ def _settings(r: _Reader, command: Command, stderr_isatty: bool) -> _Settings:
     progress = r.get("FETCH_PROGRESS", None, parse_bool, stderr_isatty)
     return _Settings(
         anonymous=r.get("awsAnonymousCredential", None, parse_bool, False),
-        region=r.get(("AWS_REGION", "AWS_DEFAULT_REGION"), "--region", str, "us-east-1"),
+        region=r.get(("AWS_REGION", "AWS_DEFAULT_REGION"), "--region", _region, "us-east-1"),
         concurrency=r.get("FETCH_CONCURRENCY", "--concurrency", _int_in(1, 1024), 16),
         part_size=r.get("FETCH_PART_SIZE", "--part-size", _part_size, 32 * MiB),
         include=r.globs("--include", ("FETCH_INCLUDE", "STORAGE_ALLOW_PATTERNS")),

@@ -163,9 +163,9 @@ class Fetch:
             self.cache.save_state(state)
 
     async def _jobs(self, src: ControlPlane, listing: list[RemoteObject]) -> list[Job]:
-        for obj in listing:
-            safe_rel(obj.rel)
         objs = selected(listing, self.cfg.include, self.cfg.exclude)
+        for obj in objs:  # only what will be written: FETCH_EXCLUDE can skip a bad key
+            safe_rel(obj.rel)
         self.manifest = await load_manifest(src, self.cache, listing)
         if self.manifest is None:
             return [Job(obj) for obj in objs]

@@ -95,3 +95,17 @@ def test_state_naming_a_path_outside_the_cache_is_rebuilt(
         assert outside.read_bytes() == b"keep me"
         assert tree(dest) == {"config.json": b"{}"}
     assert fetch("verify").code == 0
+
+
+def test_key_the_fetcher_refuses_can_be_excluded(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("config.json", b"{}")
+    put(".fetcher/state.json", b"planted")
+    res = fetch()
+    assert res.code == 4
+    assert "it would land in the fetcher's own .fetcher/ directory" in res.stderr
+    res = fetch(FETCH_EXCLUDE=".fetcher/*")
+    assert res.code == 0, res.stderr
+    assert tree(dest) == {"config.json": b"{}"}
+    assert json.loads((dest / ".fetcher" / "state.json").read_text())["complete"] is True

@@ -553,3 +553,9 @@ def test_never_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in POD_ENV.items():
         monkeypatch.setenv(name, value)
     assert [p.split(":")[0] for p in problems_of([], {})] == ["bucket", "DEST"]
+
+
+def test_malformed_region_is_a_config_error() -> None:
+    [problem] = problems_of([], {**POD_ENV, "AWS_REGION": "us east"})
+    assert problem.startswith("AWS_REGION: expected a region name such as us-east-1")
+    assert load([], {**POD_ENV, "AWS_REGION": "eu-central-1"}).region == "eu-central-1"
