@@ -83,11 +83,15 @@ def os_errors(action: str, path: Path | str) -> Iterator[None]:
         raise cache_error(exc, action, path) from exc
 
 
-def cache_error(exc: OSError, action: str, path: Path | str) -> CacheError:
+def cache_error(
+    exc: OSError,
+    action: str,
+    path: Path | str,
+    fix: str = "make the cache volume writable for it, e.g. fsGroup",
+) -> CacheError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return CacheError(
-            f"cannot {action} {path}: {exc.strerror} (running as uid {os.getuid()}; "
-            "make the cache volume writable for it, e.g. fsGroup)"
+            f"cannot {action} {path}: {exc.strerror} (running as uid {os.getuid()}; {fix})"
         )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return CacheError(f"no space left to {action} {path}")

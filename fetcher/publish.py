@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import log
-from .cache import safe_rel
+from .cache import cache_error, safe_rel
 from .config import Config
 from .errors import CacheError, FetchError
 from .manifest import MANIFEST_NAME, Manifest, ManifestFile
@@ -38,23 +40,56 @@ def local_files(root: Path) -> list[LocalFile]:
     """Files under root, in a stable order; our own state is skipped.
 
     Links to files are followed: a Hugging Face download may hold its large shards as links
-    into its cache, and skipping them would publish a model without its weights.
+    into its cache, and skipping them would publish a model without its weights. Every file is
+    opened once here, so an unreadable one stops the publish before a byte is uploaded.
     """
     found = []
-    for path in sorted(root.rglob("*")):
+    for path in sorted(_walk(root, root)):
         rel = path.relative_to(root).as_posix()
-        if rel.split("/")[0] == ".fetcher" or rel == MANIFEST_NAME:
+        if rel == MANIFEST_NAME:
             continue
-        if path.is_file():
-            safe_rel(rel)  # a name every fetcher would refuse must not reach the bucket
-            found.append(LocalFile(path, rel, path.stat().st_size))
-        elif path.is_symlink():
-            # Silently leaving it out would publish an incomplete model.
-            what = "a directory (not followed)" if path.exists() else "nothing"
-            raise CacheError(f"cannot publish {rel}: it is a link to {what}")
+        with reading("read", path):
+            entry = _local_file(path, rel)
+        if entry is not None:
+            found.append(entry)
     if not found:
         raise CacheError(f"nothing to publish in {root}")
     return found
+
+
+def _local_file(path: Path, rel: str) -> LocalFile | None:
+    if path.is_file():
+        safe_rel(rel)  # a name every fetcher would refuse must not reach the bucket
+        with open(path, "rb") as fh:
+            return LocalFile(path, rel, os.fstat(fh.fileno()).st_size)
+    if path.is_symlink():
+        # Silently leaving it out would publish an incomplete model.
+        what = "a directory (not followed)" if path.exists() else "nothing"
+        raise CacheError(f"cannot publish {rel}: it is a link to {what}")
+    return None
+
+
+def _walk(root: Path, folder: Path) -> Iterator[Path]:
+    """Every entry under folder, links to folders not followed. Path.rglob skips a folder it
+    may not list; here that is an error, since skipping it would publish a partial model."""
+    with reading("list", folder), os.scandir(folder) as it:
+        entries = [(Path(e.path), e.is_dir(follow_symlinks=False)) for e in it]
+    for path, is_dir in entries:
+        if folder == root and path.name == ".fetcher":
+            continue
+        yield path
+        if is_dir:
+            yield from _walk(root, path)
+
+
+@contextmanager
+def reading(action: str, path: Path | str) -> Iterator[None]:
+    """OSError to CacheError, as cache.py words it, with the publisher's own fix."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or path  # the file itself when the error came from deeper down
+        raise cache_error(exc, action, where, fix="make LOCAL_DIR readable for it") from exc
 
 
 def upload_part_size(size: int, part_size: int) -> int:
@@ -69,7 +104,8 @@ async def publish(cfg: Config) -> int:
     started = time.monotonic()
     files = local_files(cfg.local_dir)
     # A shard a fetcher would refuse is refused here, before a single byte is uploaded.
-    await asyncio.to_thread(check_model, cfg.local_dir, [f.rel for f in files])
+    with reading("read", cfg.local_dir):
+        await asyncio.to_thread(check_model, cfg.local_dir, [f.rel for f in files])
     async with Source(cfg) as src:
         up = _Uploader(cfg, src)
         entries = await up.hash_all(files)
@@ -110,8 +146,10 @@ class _Uploader:
 
     async def hash(self, f: LocalFile) -> ManifestFile:
         async with self.hashing:
-            whole, parts = await asyncio.to_thread(part_hashes, f.path, self.cfg.part_size)
-        if f.path.stat().st_size != f.size:
+            with reading("read", f.path):
+                whole, parts = await asyncio.to_thread(part_hashes, f.path, self.cfg.part_size)
+                size = f.path.stat().st_size
+        if size != f.size:
             raise CacheError(f"{f.rel} changed while being published")
         return ManifestFile(f.rel, f.size, whole, self.cfg.part_size, tuple(parts))
 
@@ -124,7 +162,8 @@ class _Uploader:
         part_size = upload_part_size(f.size, self.cfg.part_size)
         if f.size <= part_size:
             async with self.parts_inflight:
-                data = await asyncio.to_thread(f.path.read_bytes)
+                with reading("read", f.path):
+                    data = await asyncio.to_thread(f.path.read_bytes)
                 await self.src.put(key, data, meta)
         else:
             await self._multipart(f, key, meta, part_size)
@@ -158,7 +197,8 @@ class _Uploader:
         async def one(index: int) -> None:
             async with self.parts_inflight:
                 offset = index * part_size
-                data = await asyncio.to_thread(_read_at, f.path, offset, part_size)
+                with reading("read", f.path):
+                    data = await asyncio.to_thread(_read_at, f.path, offset, part_size)
                 etags[index] = await self.src.upload_part(key, upload_id, index + 1, data)
 
         await run_all(one(i) for i in range(count))
