@@ -7,12 +7,13 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from . import log
 from .cache import Cache, FileState, State
 from .config import Config
-from .errors import EXIT_INTEGRITY, EXIT_OK, FetchError, UnsafeKey
+from .errors import EXIT_OK, FetchError, IntegrityError, UnsafeKey
 from .verify import check_model, file_digest
 
 
@@ -33,7 +34,16 @@ def verify_command(cfg: Config) -> int:
             "problems": problems,
         }
     )
-    return EXIT_INTEGRITY if problems else EXIT_OK
+    if problems:
+        # Raised, not returned: cli.py's error path logs it and writes the termination log.
+        raise IntegrityError(_summary(cfg.dest, problems))
+    return EXIT_OK
+
+
+def _summary(dest: Path, problems: list[str]) -> str:
+    more = len(problems) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"verify of {dest} failed: {problems[0]}{tail}"
 
 
 def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
@@ -121,10 +131,21 @@ def _last_fetch(doc: dict[str, Any]) -> dict[str, Any]:
     finished = doc.get("finished")
     if not isinstance(finished, int | float):
         return doc
-    when = datetime.fromtimestamp(finished, UTC).isoformat(timespec="seconds")
+    try:
+        when = datetime.fromtimestamp(finished, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return doc  # a damaged value: shown as recorded, with no date to make of it
     return {**doc, "finished_at": when.replace("+00:00", "Z")}
 
 
 def dump_json(doc: object) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
+    try:
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`status | head -1`): nothing more is wanted. Point stdout at
+        # /dev/null so the flush at exit does not fail again (the Python docs' advice on SIGPIPE).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

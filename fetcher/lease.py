@@ -5,7 +5,9 @@ starts before the old one stops). `flock` serialises processes on one node, but 
 succeed on NFS across hosts (huggingface_hub hit the same on Lustre), so the holder also writes
 `lease.json` with its identity and a heartbeat. A fetcher that gets the flock still waits while
 another holder's heartbeat is fresh; a lease whose heartbeat is older than its TTL belongs to a
-dead holder and is taken over.
+dead holder and is taken over, and so is one whose heartbeat is more than its TTL in the future
+(a node's clock far ahead, or a damaged file): otherwise a dead holder would be waited for until
+that clock time came.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -25,6 +28,7 @@ from .cache import Cache, os_errors, write_json_atomic
 
 _POLL = 0.5  # seconds between attempts while another fetcher holds the cache
 _WAIT_LOG_EVERY = 15.0
+_MAX_TTL = 7 * 24 * 3600.0  # no fetcher writes a longer TTL: a larger one is a damaged lease
 
 
 class CacheLease:
@@ -72,17 +76,18 @@ class CacheLease:
         lease = self._read()
         if lease and lease.get("host") == self.me["host"]:
             lease = None  # same host and we hold the flock: that holder is gone
-        if lease and not self._holder_is_me(lease) and self._fresh(lease):
+        if not lease or self._holder_is_me(lease):
+            return True
+        why = self._stale(lease)
+        if why is None:
             with suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             return False  # another host holds a live lease: flock did not see it
-        if lease and not self._holder_is_me(lease):
-            log.warning(
-                "lease_takeover",
-                f"taking over the cache lease of {_who(lease)}: no heartbeat for "
-                f"{time.time() - float(lease.get('heartbeat', 0)):.0f}s",
-                previous=lease.get("holder"),
-            )
+        log.warning(
+            "lease_takeover",
+            f"taking over the cache lease of {_who(lease)}: {why}",
+            previous=lease.get("holder"),
+        )
         return True
 
     def _beat(self) -> None:
@@ -100,13 +105,22 @@ class CacheLease:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def _fresh(self, lease: dict[str, Any]) -> bool:
+    def _stale(self, lease: dict[str, Any]) -> str | None:
+        """Why the lease no longer holds the cache, or None while its holder may be alive."""
         try:
             age = time.time() - float(lease["heartbeat"])
             ttl = float(lease.get("ttl", self.ttl))
         except (KeyError, TypeError, ValueError):
-            return False
-        return age < ttl
+            return "its lease records no heartbeat"
+        if not math.isfinite(age):
+            return "its lease records no usable heartbeat"
+        if not 0 < ttl <= _MAX_TTL:
+            ttl = self.ttl  # a damaged TTL must not keep a dead holder's lease alive
+        # A live holder writes its own clock: ahead by up to the TTL is skew we tolerate; more
+        # means a bad clock or a damaged lease, and waiting for that time could be forever.
+        if age < -ttl:
+            return f"its heartbeat is {_secs(-age)} in the future, more than the {ttl:g}s TTL"
+        return None if age < ttl else f"no heartbeat for {_secs(age)}"
 
     def _holder_is_me(self, lease: dict[str, Any] | None) -> bool:
         if not lease:
@@ -126,3 +140,7 @@ class CacheLease:
 
 def _who(lease: dict[str, Any]) -> str:
     return f"{lease.get('holder')} (host {lease.get('host')}, pid {lease.get('pid')})"
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 1e9 else f"{seconds:.3g}s"

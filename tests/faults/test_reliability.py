@@ -478,3 +478,47 @@ def test_worker_processes_split_the_parts(
     assert metric(textfile, "model_fetcher_retries_total", reason="reset") == 1
     assert metric(textfile, "model_fetcher_bytes_downloaded_total") >= sum(map(len, files.values()))
     assert len({r.conn for r in proxy.requests if prefix in r.path}) >= 2
+
+
+@pytest.mark.parametrize(
+    ("ahead", "ttl"), [(3600.0, 30.0), (1e300, 1e300)], ids=["an-hour", "damaged"]
+)
+def test_lease_with_a_heartbeat_beyond_its_ttl_in_the_future_is_taken_over(
+    put: Callable[[str, bytes], None],
+    fetch: Callable[..., Result],
+    dest: Path,
+    ahead: float,
+    ttl: float,
+) -> None:
+    """A dead holder whose clock ran ahead (or a damaged lease) must not be waited for."""
+    put("config.json", b"{}")
+    (dest / ".fetcher").mkdir(parents=True)
+    lease = dest / ".fetcher" / "lease.json"
+    ghost = {"holder": "old-pod", "host": "node-ahead", "pid": 1, "ttl": ttl}
+    lease.write_text(json.dumps({**ghost, "heartbeat": time.time() + ahead}))
+    res = fetch(FETCH_DEADLINE="20s")
+    assert res.code == 0, res.stderr
+    [takeover] = res.events("lease_takeover")
+    assert takeover["previous"] == "old-pod"
+    assert "in the future, more than the" in takeover["msg"]
+    assert not res.events("lease_wait")
+    assert tree(dest) == {"config.json": b"{}"}
+    assert not lease.exists()
+
+
+def test_lease_with_a_heartbeat_ahead_within_its_ttl_is_waited_for(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    """Clock skew smaller than the TTL is tolerated: the holder may be alive."""
+    put("config.json", b"{}")
+    (dest / ".fetcher").mkdir(parents=True)
+    lease = dest / ".fetcher" / "lease.json"
+    ghost = {"holder": "old-pod", "host": "node-ahead", "pid": 1, "ttl": 2}
+    lease.write_text(json.dumps({**ghost, "heartbeat": time.time() + 1.5}))
+    began = time.monotonic()
+    res = fetch()
+    assert res.code == 0, res.stderr
+    assert res.events("lease_wait")[0]["holder"] == "old-pod"
+    assert "no heartbeat for" in res.events("lease_takeover")[0]["msg"]
+    assert time.monotonic() - began >= 3
+    assert tree(dest) == {"config.json": b"{}"}

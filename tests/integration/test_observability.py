@@ -559,3 +559,67 @@ def test_rate_and_eta_leave_resumed_bytes_out() -> None:
     assert snap["bytes_done"] == 70 * MiB
     assert snap["mib_per_s"] == pytest.approx(1.0, abs=0.05)
     assert snap["eta_s"] == pytest.approx(30, rel=0.05)
+
+
+# --- verify and status at the edges ----------------------------------------------------------
+
+
+def test_verify_failure_writes_one_line_to_the_termination_log(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("a.bin", b"a" * 1000)
+    put("b.bin", b"b" * 1000)
+    assert fetch().code == 0
+    for name in ("a.bin", "b.bin"):
+        (dest / name).write_bytes(b"x" * 1000)  # same size: only --full sees it
+    termination = dest.parent / "termination-log"
+    termination.unlink(missing_ok=True)
+
+    res = fetch("verify", "--full")
+    assert res.code == 4, res.stderr
+    problems = json.loads(res.stdout)["problems"]
+    assert [p.split(":")[0] for p in problems] == ["a.bin", "b.bin"]
+    line = f"integrity error: verify of {dest} failed: {problems[0]} (and 1 more problem)\n"
+    assert termination.read_text() == line
+    assert [e["exit_code"] for e in res.events("error")] == [4]
+    assert (dest / "a.bin").read_bytes() == b"x" * 1000  # verify reports, never repairs
+
+
+def test_status_shows_a_finish_time_beyond_any_date_as_recorded(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("config.json", b"{}")
+    assert fetch().code == 0
+    state_path = dest / ".fetcher" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["last_fetch"]["finished"] = 1e300
+    state_path.write_text(json.dumps(state))
+
+    res = fetch("status", str(dest))
+    assert res.code == 0, res.stderr
+    last = json.loads(res.stdout)["last_fetch"]
+    assert last["finished"] == 1e300 and "finished_at" not in last
+    assert not res.events("error")
+
+
+def test_status_into_a_closed_pipe_ends_quietly(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], env: dict[str, str]
+) -> None:
+    """`model-fetcher status | head -1`: the reader is gone before the JSON is written."""
+    put("config.json", b"{}")
+    assert fetch().code == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fetcher", "status"],
+            env=full_env(env),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "BrokenPipe" not in proc.stderr and '"error"' not in proc.stderr
