@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -112,14 +113,26 @@ def pod_env(
     }
 
 
-def run_fetcher(args: list[str], env: Mapping[str, str], timeout: float = 120) -> Result:
+def run_fetcher(
+    args: list[str],
+    env: Mapping[str, str],
+    timeout: float = 120,
+    rlimit: tuple[int, int] | None = None,
+) -> Result:
+    """`python -m fetcher ARGS`; `rlimit` is (resource.RLIMIT_..., limit) for the child only."""
     full_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
+
+    def limit() -> None:
+        if rlimit is not None:
+            resource.setrlimit(rlimit[0], (rlimit[1], rlimit[1]))
+
     proc = subprocess.run(
         [sys.executable, "-m", "fetcher", *args],
         env=full_env,
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=limit if rlimit else None,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

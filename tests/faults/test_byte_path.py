@@ -11,8 +11,6 @@ import asyncio
 import os
 import resource
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,21 +183,9 @@ def test_workers_keep_no_descriptor_per_file(
     files = {f"f{i:03}.json": os.urandom(64 + i) for i in range(160)}
     for rel, data in files.items():
         put(rel, data)
-    env = {"PATH": os.environ["PATH"], **pod_env(s3_server, prefix, dest), "FETCH_WORKERS": "2"}
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "fetcher"],
-        env=env,
-        capture_output=True,
-        text=True,
-        preexec_fn=limit,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    env = {**pod_env(s3_server, prefix, dest), "FETCH_WORKERS": "2"}
+    res = run_fetcher([], env, rlimit=(resource.RLIMIT_NOFILE, 128))
+    assert res.code == 0, res.stderr[-2000:]
     assert tree(dest) == files
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -430,27 +431,10 @@ def test_no_space_left_exits_5(
 def test_file_size_limit_mid_fetch_exits_5(
     put: Callable[[str, bytes], None], s3_server: SeaweedServer, prefix: str, dest: Path
 ) -> None:
-    import resource
-
     put("big.bin", os.urandom(2 * 2**20))
-    env = {
-        "PATH": os.environ["PATH"],
-        **pod_env(s3_server, prefix, dest),
-        "FETCH_PART_SIZE": str(PART),
-    }
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "fetcher"],
-        env=env,
-        capture_output=True,
-        text=True,
-        preexec_fn=limit,
-        timeout=60,
-    )
-    assert proc.returncode == 5, proc.stderr
+    env = {**pod_env(s3_server, prefix, dest), "FETCH_PART_SIZE": str(PART)}
+    res = run_fetcher([], env, timeout=60, rlimit=(resource.RLIMIT_FSIZE, 2**20))
+    assert res.code == 5, res.stderr
     assert not (dest / "big.bin").exists()
 
 
