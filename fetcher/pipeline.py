@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from . import log
 from .cache import Cache, FileState, State, safe_rel
 from .config import Config
-from .errors import CacheError, FetchError, SourceUnreachable
+from .errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
 from .integrity import add_s3_checksums, load_manifest, manifest_jobs
 from .lease import CacheLease
 from .manifest import MANIFEST_NAME, Manifest
@@ -58,6 +58,21 @@ def wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool
         return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
     return rel != MANIFEST_NAME and (not include or hit(include)) and not hit(exclude)
+
+
+def _refuse_file_folder_clash(rels: list[str]) -> None:
+    """S3 may hold both `a` and `a/b`; a directory cannot. Refused before any download, not
+    after the first of the two has landed (which left a partial model, exit 5)."""
+    names = set(rels)
+    for rel in rels:
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in names:
+                raise UnsafeKey(
+                    f"refusing {folder!r} and {rel!r}: the first would have to be both a file "
+                    "and a folder (exclude one with FETCH_EXCLUDE)"
+                )
 
 
 def selected(
@@ -166,6 +181,7 @@ class Fetch:
         objs = selected(listing, self.cfg.include, self.cfg.exclude)
         for obj in objs:  # only what will be written: FETCH_EXCLUDE can skip a bad key
             safe_rel(obj.rel)
+        _refuse_file_folder_clash([obj.rel for obj in objs])
         self.manifest = await load_manifest(src, self.cache, listing)
         if self.manifest is None:
             return [Job(obj) for obj in objs]

@@ -109,3 +109,21 @@ def test_key_the_fetcher_refuses_can_be_excluded(
     assert res.code == 0, res.stderr
     assert tree(dest) == {"config.json": b"{}"}
     assert json.loads((dest / ".fetcher" / "state.json").read_text())["complete"] is True
+
+
+def test_keys_that_make_one_name_a_file_and_a_folder_are_refused_before_any_download(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("config.json", b"{}")
+    put("extra", b"a file")
+    put("extra/notes.txt", b"under a folder of the same name")
+    res = fetch()
+    assert res.code == 4
+    assert "refusing 'extra' and 'extra/notes.txt'" in res.stderr
+    assert tree(dest) == {}
+    res = fetch(FETCH_EXCLUDE="extra")
+    assert res.code == 0, res.stderr
+    assert tree(dest) == {
+        "config.json": b"{}",
+        "extra/notes.txt": b"under a folder of the same name",
+    }
