@@ -152,13 +152,23 @@ class Cache:
         self._state_lock = threading.Lock()
 
     def prepare(self) -> None:
+        self._check_is_directory()
         with os_errors("create", self.partial_dir):
             self.partial_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(self.meta, os.W_OK | os.X_OK) or not os.access(self.dest, os.W_OK):
             raise cache_error(OSError(errno.EACCES, "Permission denied"), "write to", self.dest)
 
+    def _check_is_directory(self) -> None:
+        """DEST may be missing (it is created), never a file or a link to nowhere."""
+        if self.dest.is_symlink() and not self.dest.exists():
+            target = os.readlink(self.dest)
+            raise CacheError(f"{self.dest} is a link to {target}, which does not exist")
+        if self.dest.exists() and not self.dest.is_dir():
+            raise CacheError(f"{self.dest} is not a directory")
+
     def read_state(self) -> State:
         """The recorded state (empty if none); CacheError if state.json cannot be read."""
+        self._check_is_directory()
         try:
             doc = json.loads(self.state_path.read_text(encoding="utf-8"))
             return State.from_json(doc)

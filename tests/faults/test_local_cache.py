@@ -127,3 +127,19 @@ def test_keys_that_make_one_name_a_file_and_a_folder_are_refused_before_any_down
         "config.json": b"{}",
         "extra/notes.txt": b"under a folder of the same name",
     }
+
+
+def test_dest_that_is_a_file_or_a_dangling_link_is_named_as_such(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path, tmp_path: Path
+) -> None:
+    put("config.json", b"{}")
+    dest.write_bytes(b"not a directory")
+    for command in ((), ("verify",), ("status",)):
+        res = fetch(*command)
+        assert res.code == 5, (command, res.stderr)
+        assert f"{dest} is not a directory" in res.stderr
+    dest.unlink()
+    dest.symlink_to(tmp_path / "gone")
+    res = fetch()
+    assert res.code == 5
+    assert f"{dest} is a link to {tmp_path / 'gone'}, which does not exist" in res.stderr
