@@ -291,15 +291,18 @@ class Fetch:
 def summary(outcome: Outcome, started: float) -> None:
     took = time.monotonic() - started
     fetched = outcome.plan.fetch_bytes
+    # Offline there was no plan: every recorded file is kept as it is.
+    kept = len(outcome.state.files) if outcome.served_offline else len(outcome.plan.keep)
+    how = " (source unreachable: the cache as it was)" if outcome.served_offline else ""
     log.event(
         "done",
         f"model ready in {took:.1f}s: {len(outcome.plan.fetch)} fetched, "
-        f"{len(outcome.plan.keep)} kept, {len(outcome.plan.remove)} removed",
+        f"{kept} kept, {len(outcome.plan.remove)} removed{how}",
         duration_s=round(took, 3),
         bytes_fetched=fetched,
         mib_per_s=round(fetched / 2**20 / took, 1) if took > 0 else None,
         files_fetched=len(outcome.plan.fetch),
-        files_kept=len(outcome.plan.keep),
+        files_kept=kept,
         files_removed=len(outcome.plan.remove),
         offline=outcome.served_offline,
     )

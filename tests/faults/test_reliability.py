@@ -372,6 +372,9 @@ def test_outage_with_complete_cache_serves_it(
     assert res.code == 0, res.stderr
     assert res.events("source_unreachable")
     assert tree(dest) == {"config.json": b"{}"}
+    [done] = res.events("done")
+    assert done["offline"] is True and done["files_kept"] == 1 and done["files_fetched"] == 0
+    assert "1 kept, 0 removed (source unreachable" in done["msg"]
 
 
 def test_outage_with_incomplete_cache_exits_3(fetch: Callable[..., Result], dest: Path) -> None:
