@@ -247,11 +247,43 @@ class Cache:
         with os_errors("move into place", path):
             if path.is_dir() and not path.is_symlink():
                 raise CacheError(f"refusing to replace {path}: it is a directory")
+            # Said in the journal first: a crash before the state records the file leaves a
+            # file of ours under a final name that only the journal knows (`recover`).
+            partial.committing = rel
+            partial.write_journal()
             os.replace(partial.path, path)  # replaces a link itself, never what it points to
             fsync_dir(path.parent)
             mtime_ns = os.stat(path).st_mtime_ns
-        partial.forget()
+        partial.close()
         return mtime_ns
+
+    def forget_partial(self, key: str) -> None:
+        """Once the state records the committed file, its journal has nothing left to say."""
+        with suppress(FileNotFoundError):
+            self._partial_base(key).with_suffix(".json").unlink()
+
+    def recover(self, state: State) -> None:
+        """After a crash between a rename into place and the state save: the file is ours but
+        unrecorded, so nothing would ever check or prune it. It is removed (fetched again if
+        the bucket still has it), and the journal with it."""
+        for journal in self.partial_dir.glob("*.json"):
+            rel = _committed_rel(journal)
+            if rel is None:
+                continue
+            if rel not in state.files:
+                with suppress(OSError, UnsafeKey):
+                    self.final_path(rel).unlink()
+                log.warning("commit_unrecorded", f"removed {rel}: placed but never recorded")
+            with suppress(FileNotFoundError):
+                journal.unlink()
+
+    def sweep(self) -> None:
+        """After a complete fetch, under the lease: partial files and temp files left by a
+        crash belong to no download any more; with multi-GB shards they are real space."""
+        with suppress(OSError):
+            for path in [*self.partial_dir.iterdir(), *self.meta.glob(".*.tmp")]:
+                with suppress(OSError):
+                    path.unlink()
 
     def remove(self, rel: str) -> None:
         path = self.final_path(rel)
@@ -282,6 +314,18 @@ def _open_own_file(path: Path) -> int:
     return os.open(path, flags, 0o644)
 
 
+def _committed_rel(journal: Path) -> str | None:
+    """The final name a journal's rename went to, if the rename happened."""
+    try:
+        doc = json.loads(journal.read_text(encoding="utf-8"))
+        rel = doc.get("committing")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(rel, str) or journal.with_suffix(".part").exists():
+        return None  # no rename yet: an ordinary resumable partial
+    return rel
+
+
 class Partial:
     """A preallocated file of the object's size plus a journal of its finished parts."""
 
@@ -293,6 +337,7 @@ class Partial:
         self.etag, self.size, self.part_size = etag, size, part_size
         self.fd, self.direct_fd = fd, direct_fd
         self.done: dict[int, str] = {}
+        self.committing: str | None = None  # the final name, once the rename is under way
 
     @classmethod
     def open(cls, base: Path, etag: str, size: int, part_size: int, direct: bool = True) -> Partial:
@@ -331,7 +376,7 @@ class Partial:
                     if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                         raise
                     os.ftruncate(self.fd, self.size)  # file systems without fallocate
-        self._write_journal()
+        self.write_journal()
 
     def pwrite(self, data: memoryview, offset: int) -> None:
         with os_errors("write", self.path):
@@ -339,13 +384,13 @@ class Partial:
 
     def mark_done(self, index: int, digest: str) -> None:
         self.done[index] = digest
-        self._write_journal()
+        self.write_journal()
 
     def forget_part(self, index: int) -> None:
         self.done.pop(index, None)
-        self._write_journal()
+        self.write_journal()
 
-    def _write_journal(self) -> None:
+    def write_journal(self) -> None:
         # No fsync: after a crash a journal may claim a part whose bytes were lost with the
         # page cache; resumed parts are re-hashed against their recorded digest first.
         doc = {
@@ -355,6 +400,8 @@ class Partial:
             "done": {str(k): v for k, v in self.done.items()},
             "written": time.time(),
         }
+        if self.committing is not None:
+            doc["committing"] = self.committing
         tmp = self.journal_path.with_suffix(".json.tmp")
         with os_errors("write", self.journal_path):
             tmp.write_text(json.dumps(doc), encoding="utf-8")
@@ -375,12 +422,6 @@ class Partial:
                 with suppress(OSError):
                     os.close(fd)
         self.fd, self.direct_fd = -1, None
-
-    def forget(self) -> None:
-        """After a commit: the data lives under its final name; drop the journal."""
-        self.close()
-        with suppress(FileNotFoundError):
-            self.journal_path.unlink()
 
     def discard(self) -> None:
         """Bad bytes are never resumed: remove the partial file and its journal."""

@@ -119,6 +119,22 @@ def _unchanged(job: Job, fs: FileState) -> bool:
     return same_version and job.expected.xxh3 in (None, fs.xxh3)
 
 
+async def _mismatched(state: State, cache: Cache) -> list[str]:
+    """Recorded files whose bytes no longer hash as recorded (hashed in threads)."""
+    rels = sorted(state.files)
+    digests = await asyncio.gather(
+        *(asyncio.to_thread(_digest_or_none, cache, rel, state.files[rel]) for rel in rels)
+    )
+    return [rel for rel, d in zip(rels, digests, strict=True) if d != state.files[rel].xxh3]
+
+
+def _digest_or_none(cache: Cache, rel: str, fs: FileState) -> str | None:
+    try:
+        return file_digest(cache.final_path(rel), fs.part_size)
+    except OSError:
+        return None  # unreadable: does not match
+
+
 async def _rehash_kept(plan: Plan, state: State, cache: Cache, jobs: list[Job]) -> None:
     """FETCH_VERIFY=full: every cached file is hashed again; a changed one is fetched again."""
 
@@ -154,11 +170,12 @@ class Fetch:
         self.cache.prepare()
         async with CacheLease(self.cache, self.cfg.identity, self.cfg.lease_ttl):
             state = self.cache.load_state()
+            self.cache.recover(state)
             async with open_source(self.cfg) as src:
                 try:
                     listing = await src.list_prefix(self.cfg.prefix)
                 except SourceUnreachable as exc:
-                    return self._offline(state, exc)
+                    return await self._offline(state, exc)
                 jobs = await self._jobs(src, listing)
                 plan = await make_plan(jobs, state, self.cache, self.cfg)
                 if not self.manifest and plan.fetch:
@@ -189,10 +206,15 @@ class Fetch:
             objs, self.manifest, lambda rel: wanted(rel, self.cfg.include, self.cfg.exclude)
         )
 
-    def _offline(self, state: State, exc: SourceUnreachable) -> Outcome:
+    async def _offline(self, state: State, exc: SourceUnreachable) -> Outcome:
         if not is_complete(state, self.cache, self.cfg):
             raise SourceUnreachable(
                 f"{exc} and the cache at {self.cfg.dest} is incomplete"
+            ) from exc
+        if self.cfg.verify_mode == "full" and (bad := await _mismatched(state, self.cache)):
+            # FETCH_VERIFY=full is a promise to rehash before serving, with or without S3.
+            raise SourceUnreachable(
+                f"{exc} and {bad[0]} in the cache no longer matches its recorded digest"
             ) from exc
         log.warning(
             "source_unreachable",
@@ -236,6 +258,7 @@ class Fetch:
             "files_fetched": len(plan.fetch),
         }
         self.cache.save_state(state)
+        self.cache.sweep()
 
     def _took(self) -> float:
         return round(time.monotonic() - self.started, 3)

@@ -142,6 +142,7 @@ class Transfer:
                 self.metrics.files["failed"].inc()
                 raise
         await on_commit(job.obj.rel, fs)
+        self.cache.forget_partial(job.obj.key)
         self.metrics.files["downloaded"].inc()
         self.progress.file_done(job.obj.rel, job.obj.size)
 

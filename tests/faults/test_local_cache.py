@@ -7,11 +7,13 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from devtools.seaweed import SeaweedServer
-from tests.conftest import Result, pod_env, run_fetcher, tree
+from devtools.seaweed import SeaweedServer, free_port
+from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy, Status
 from tests.faults.test_reliability import mount_tmpfs
 
@@ -143,3 +145,86 @@ def test_dest_that_is_a_file_or_a_dangling_link_is_named_as_such(
     res = fetch()
     assert res.code == 5
     assert f"{dest} is a link to {tmp_path / 'gone'}, which does not exist" in res.stderr
+
+
+# --- crashes at precise points: the fetcher runs with one step followed by os._exit(9) ---------
+
+CRASH_AFTER = """
+import os, sys
+from fetcher import cache
+step, when, calls = sys.argv[1], sys.argv[2], {"n": 0}
+sys.argv[1:] = []  # the rest of the command line is the fetcher's
+owner = cache.Partial if step == "mark_done" else cache.Cache
+real = getattr(owner, step)
+
+def crashing(self, *args):
+    result = real(self, *args)
+    calls["n"] += 1
+    if when == str(calls["n"]) or when in map(str, args):
+        os._exit(9)  # a kill -9 right after this step, before anything else is recorded
+    return result
+
+setattr(owner, step, crashing)
+from fetcher.cli import main
+main()
+"""
+
+
+def crash_after(env: dict[str, str], step: str, when: str) -> int:
+    full = {"PATH": os.environ["PATH"], **env}
+    cmd = [sys.executable, "-c", CRASH_AFTER, step, when]
+    return subprocess.run(cmd, env=full, capture_output=True, timeout=120).returncode
+
+
+def test_file_renamed_into_place_but_never_recorded_is_not_left_behind(
+    s3: Any, put: Callable[[str, bytes], None], s3_server: SeaweedServer, prefix: str, dest: Path
+) -> None:
+    put("config.json", b"{}")
+    put("tokenizer.json", b'{"old": true}')
+    env = pod_env(s3_server, prefix, dest)
+    assert crash_after(env, "commit", "tokenizer.json") == 9
+    assert (dest / "tokenizer.json").exists()  # renamed into place, the state never said so
+    s3.delete_object(Bucket=BUCKET, Key=prefix + "tokenizer.json")
+    res = run_fetcher([], env)
+    assert res.code == 0, res.stderr
+    assert tree(dest) == {"config.json": b"{}"}  # a stale tokenizer is not served forever
+    assert [e["msg"] for e in res.events("commit_unrecorded")] == [
+        "removed tokenizer.json: placed but never recorded"
+    ]
+    assert list((dest / ".fetcher" / "partial").iterdir()) == []
+
+
+def test_partial_files_of_a_crashed_run_are_swept_after_a_complete_fetch(
+    s3: Any, put: Callable[[str, bytes], None], s3_server: SeaweedServer, prefix: str, dest: Path
+) -> None:
+    put("a.bin", os.urandom(8 * PART))
+    put("b.bin", os.urandom(8 * PART))
+    env = {**pod_env(s3_server, prefix, dest), "FETCH_PART_SIZE": str(PART)}
+    assert crash_after(env, "mark_done", "6") == 9
+    assert list((dest / ".fetcher" / "partial").glob("*.part"))
+    s3.delete_object(Bucket=BUCKET, Key=prefix + "b.bin")  # its partial belongs to no download
+    res = run_fetcher([], env)
+    assert res.code == 0, res.stderr
+    assert sorted(tree(dest)) == ["a.bin"]
+    assert list((dest / ".fetcher" / "partial").iterdir()) == []
+    assert not list((dest / ".fetcher").glob(".*.tmp"))
+
+
+def test_verify_full_rehashes_before_serving_offline(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("model.bin", os.urandom(3 * PART))
+    assert fetch().code == 0
+    target = dest / "model.bin"
+    st = target.stat()
+    with open(target, "r+b") as fh:  # bit rot: same size, same mtime
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 1]))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    dead = f"http://127.0.0.1:{free_port()}"
+    fast = fetch(endpoint=dead, FETCH_CONNECT_TIMEOUT="1")
+    assert fast.code == 0, fast.stderr  # fast mode trusts size and mtime, as documented
+    full = fetch(endpoint=dead, FETCH_CONNECT_TIMEOUT="1", FETCH_VERIFY="full")
+    assert full.code == 3
+    assert "model.bin in the cache no longer matches its recorded digest" in full.stderr
