@@ -139,8 +139,11 @@ class _RichBar:
         self.progress.update(self.task, files=f"{done}/{self.files} files")
 
 
-def _make_bar(total: int, files: int) -> _RichBar:
-    return _RichBar(total, files)
+def _make_bar(total: int, files: int) -> _RichBar | None:
+    # Without a terminal rich would print the finished bar once, a plain line among the JSON
+    # log lines; the periodic progress events say the same there.
+    bar = _RichBar(total, files)
+    return bar if bar.live else None
 
 
 def _binary_speed_column() -> Any:

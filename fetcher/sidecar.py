@@ -18,7 +18,7 @@ from . import log
 from .cache import Cache
 from .cli import publish_metrics, with_deadline
 from .config import Config
-from .errors import FetchError
+from .errors import FetchError, ObjectNotFound
 from .metrics import Metrics, MetricsServer
 from .pipeline import Fetch, selected, summary
 from .remote import open_source
@@ -78,7 +78,11 @@ async def remote_drift(cfg: Config) -> int:
     """Files new, changed or gone in the bucket compared with what the cache holds."""
     state = Cache(cfg.dest).load_state()
     async with open_source(cfg) as src:
-        listing = selected(await src.list_prefix(cfg.prefix), cfg.include, cfg.exclude)
+        try:
+            found = await src.list_prefix(cfg.prefix)
+        except ObjectNotFound:
+            found = []  # the model was deleted from the bucket: every cached file is drift
+        listing = selected(found, cfg.include, cfg.exclude)
     remote = {o.rel: (o.size, o.etag) for o in listing}
     local = {rel: (fs.size, fs.etag) for rel, fs in state.files.items()}
     return sum(1 for rel in remote.keys() | local.keys() if remote.get(rel) != local.get(rel))

@@ -215,6 +215,9 @@ class Transfer:
                 partial.forget_part(index)
             else:
                 self.progress.resumed(part.length)
+                # On disk already, not downloaded by this run: cached, so the dashboard's
+                # (cached + downloaded) / expected reaches 100 % after a resume.
+                self.metrics.bytes_cached.inc(part.length)
         if partial.done:
             log.event(
                 "resume",

@@ -44,6 +44,7 @@ class _Worker:
         self.proc = proc
         self.alive = True  # until its output ends
         self.busy = 0
+        self.inflight = 0  # as its in-flight hook events say: undone if it dies mid-request
         self.pending: dict[int, asyncio.Future[str]] = {}
         self.reader: asyncio.Task[None] | None = None
 
@@ -124,6 +125,8 @@ class WorkerPool:
         async for raw in worker.proc.stdout:
             msg = json.loads(raw)
             if "h" in msg:
+                if msg["h"] == "i":
+                    worker.inflight += int(msg["v"])
                 self._hook(msg["h"], msg["v"])
                 continue
             future = worker.pending.get(msg["id"])
@@ -134,6 +137,9 @@ class WorkerPool:
             else:
                 future.set_exception(_rebuild(msg))
         worker.alive = False
+        if worker.inflight:
+            self.hooks.on_inflight(-worker.inflight)  # its requests died with it
+            worker.inflight = 0
         with suppress(TimeoutError):  # its output ends as it exits: reap it for the status
             await asyncio.wait_for(worker.proc.wait(), timeout=2)
         died = WorkerLost(f"worker process {worker.proc.pid} {_how_it_ended(worker.proc)}")

@@ -11,6 +11,7 @@ import asyncio
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from fetcher.errors import CacheError, WorkerLost
 from fetcher.partget import PartTask
 from fetcher.rangeget import RangeGetter, RangeRequest
 from fetcher.workers import WorkerPool
-from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
+from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy, Stall
 from tests.faults.test_reliability import popen_fetcher, wait_for_parts
 
@@ -206,6 +207,7 @@ def test_parts_of_a_killed_worker_are_fetched_by_another(
         "FETCH_PART_SIZE": str(part),
         "FETCH_CONCURRENCY": "2",
         "FETCH_WORKERS": "2",
+        "METRICS_TEXTFILE": str(dest.parent / "m.prom"),
     }
     proc = popen_fetcher(env)
     wait_for_parts(dest, 6)
@@ -218,3 +220,32 @@ def test_parts_of_a_killed_worker_are_fetched_by_another(
     lost = res.events("worker_lost")  # one per part it held
     assert lost and all(f"{children[0]} was killed by signal 9" in e["msg"] for e in lost)
     assert run_fetcher(["verify", "--full"], env).code == 0
+    # The requests the dead worker had in flight are not left counted as in flight.
+    assert metric(dest.parent / "m.prom", "model_fetcher_inflight_requests") == 0
+
+
+def test_sigterm_is_prompt_while_the_listing_hangs(dest: Path) -> None:
+    # A server that accepts and never answers: the LIST blocks a thread for minutes.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        env = {
+            "MINIO_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "MINIO_BUCKET": BUCKET,
+            "MODEL_PREFIX": "m/v1/",
+            "MODEL_CACHE_DIR": str(dest),
+            "MINIO_ACCESS_KEY": "k",
+            "MINIO_SECRET_KEY": "s",
+            "LOG_FORMAT": "json",
+        }
+        proc = popen_fetcher(env)
+        time.sleep(1.5)  # well into the LIST
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        assert time.monotonic() - began < 5  # was 207 s: the process waited for the thread
+        _, stderr = proc.communicate()
+        assert "stopped by signal" in stderr
+    finally:
+        silent.close()

@@ -307,10 +307,15 @@ def test_stopped_fetch_resumes_only_missing_parts(
     assert not (dest / "weights.bin").exists()
     sent_first = proxy.bytes_sent(prefix)
     proxy.reset()
-    res = run_fetcher([], env)
+    textfile = dest.parent / "m.prom"
+    res = run_fetcher([], {**env, "METRICS_TEXTFILE": str(textfile)})
     assert res.code == 0, res.stderr
     assert (dest / "weights.bin").read_bytes() == data
     assert res.events("resume")[0]["parts_kept"] >= 6
+    # Resumed parts count as cached: the dashboard's (cached + downloaded) / expected is 1.
+    cached = metric(textfile, "model_fetcher_bytes_cached")
+    assert cached >= 6 * PART
+    assert cached + metric(textfile, "model_fetcher_bytes_downloaded_total") >= len(data)
     assert sent_first + proxy.bytes_sent(prefix) <= len(data) + 4 * PART
     _, stderr = proc.communicate()
     if sig != signal.SIGKILL:

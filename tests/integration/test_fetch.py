@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,17 @@ def test_exec_handoff_keeps_the_pid(
     served = res.stdout.split()
     assert served[0] == "served" and served[3] == '{"x":'
     assert int(served[1]) == handoff["pid"]  # exec'd in place: same PID as the fetcher
+
+
+def test_exec_handoff_restores_the_signals_python_ignores(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result]
+) -> None:
+    put("config.json", b"{}")
+    res = fetch("--", "sh", "-c", "grep SigIgn /proc/self/status")
+    assert res.code == 0, res.stderr
+    ignored = int(res.stdout.split()[1], 16)
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (signum - 1)), f"{signum.name} still ignored"
 
 
 def test_failed_fetch_does_not_run_the_command(fetch: Callable[..., Result], dest: Path) -> None:

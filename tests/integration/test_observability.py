@@ -349,6 +349,8 @@ def test_sidecar_watch_reports_drift_and_leaves_files_alone(
     popen: Callable[..., Running],
 ) -> None:
     data = model(put, 256 * 1024)
+    put("config.json", b"{}")
+    files = {"model.bin": data, "config.json": b"{}"}
     port = promstack.free_port()
     env |= {"METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"}
     run = popen("sidecar", env={**env, "FETCH_WATCH_INTERVAL": "200ms"})
@@ -362,15 +364,19 @@ def test_sidecar_watch_reports_drift_and_leaves_files_alone(
     assert drift() == 0
     s3.put_object(Bucket=BUCKET, Key=prefix + "model.bin", Body=data[::-1])
     wait_for(lambda: drift() == 1, timeout=10)
-    assert tree(dest) == {"model.bin": data}
+    assert tree(dest) == files
     assert (dest / ".fetcher" / "state.json").read_bytes() == state_before
     assert http_get(port, "/readyz")[0] == 200, "drift must not take a serving model out"
     time.sleep(0.5)  # more re-lists that find the same drift
-    assert drift() == 1 and tree(dest) == {"model.bin": data}
+    assert drift() == 1 and tree(dest) == files
+    s3.delete_object(Bucket=BUCKET, Key=prefix + "model.bin")
+    s3.delete_object(Bucket=BUCKET, Key=prefix + "config.json")
+    wait_for(lambda: drift() == 2, timeout=10)  # the whole model gone is drift too
+    assert tree(dest) == files and http_get(port, "/readyz")[0] == 200
     run.proc.send_signal(signal.SIGTERM)
     result = run.wait(10)
     assert result.code == 0, result.stderr
-    assert [e["files"] for e in result.events("drift")] == [1], "log once per change"
+    assert [e["files"] for e in result.events("drift")] == [1, 2], "log once per change"
 
 
 # --- textfile ---------------------------------------------------------------------------------
@@ -418,6 +424,16 @@ def test_textfile_is_replaced_atomically_with_the_final_values(
 
 
 # --- progress, status, terminal ----------------------------------------------------------------
+
+
+def test_progress_forced_without_a_terminal_keeps_every_line_json(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result]
+) -> None:
+    model(put, 1 * MiB)
+    result = fetch(FETCH_PROGRESS="1", LOG_FORMAT="json")
+    assert result.code == 0, result.stderr
+    for line in result.stderr.splitlines():
+        assert line.startswith("{"), line  # rich used to print its final bar here
 
 
 def test_json_progress_lines_every_interval(
