@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -18,6 +19,7 @@ from . import log
 from .cache import Cache
 from .cli import publish_metrics, with_deadline
 from .config import Config
+from .daemon_thread import in_daemon_thread
 from .errors import FetchError, ObjectNotFound
 from .metrics import Metrics, MetricsServer
 from .pipeline import Fetch, selected, summary
@@ -41,12 +43,12 @@ async def sidecar(cfg: Config) -> int:
         metrics.up.set(1)
         metrics.finish(True, started)
         summary(outcome, started)
-        await asyncio.to_thread(publish_metrics, cfg, registry)
-        server.ready = True
+        server.ready = True  # before the push: a slow Pushgateway must not hold serving back
         log.event(
             "ready", "model ready; serving health and metrics until stopped", port=server.port
         )
         try:
+            await in_daemon_thread(partial(publish_metrics, cfg, registry))
             await _watch(cfg, metrics)
         except asyncio.CancelledError:
             log.event("stopping", "stop signal received; the model stays in place")

@@ -8,19 +8,16 @@ presigned GET URLs for the byte path) and the parsing of their answers.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import ssl
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
-from contextlib import suppress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, unquote_plus, urlencode
 from xml.etree import ElementTree
 
@@ -28,6 +25,7 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 
 from .config import Config
+from .daemon_thread import in_daemon_thread
 from .errors import (
     FetchError,
     ObjectNotFound,
@@ -128,7 +126,7 @@ class SignedSource:
     async def _call(
         self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None
     ) -> tuple[Mapping[str, str], bytes]:
-        return await _in_daemon_thread(partial(self._send, method, url, what, headers))
+        return await in_daemon_thread(partial(self._send, method, url, what, headers))
 
     # -- the four operations -----------------------------------------------------------------
     async def list_prefix(self, prefix: str) -> list[RemoteObject]:
@@ -193,37 +191,6 @@ class SignedSource:
         req = AWSRequest(method="GET", url=url)
         S3SigV4QueryAuth(self.creds, "s3", self.cfg.region, expires=expires).add_auth(req)
         return str(req.url)
-
-
-T = TypeVar("T")
-
-
-async def _in_daemon_thread(call: Callable[[], T]) -> T:
-    """Run a blocking call in a daemon thread of its own. Not asyncio.to_thread: a request
-    stuck on a silent server (3 attempts x (connect + read timeout)) kept the default executor
-    busy, and the process waited for it after SIGTERM (207 s, past any grace period). A
-    daemon thread is abandoned at exit; the cancelled caller stops waiting at once."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if future.done():
-            return  # the caller was cancelled meanwhile
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, exc = call(), None
-        except BaseException as error:  # handed to the awaiting task, which raises it
-            result, exc = None, error
-        with suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            loop.call_soon_threadsafe(settle, result, exc)
-
-    threading.Thread(target=run, name="s3-control", daemon=True).start()
-    return await future
 
 
 def _parse_listing(body: bytes, prefix: str) -> tuple[list[RemoteObject], str | None]:

@@ -18,6 +18,7 @@ import random
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -338,6 +339,31 @@ def test_sidecar_readyz_turns_ready_when_the_model_is_complete(
     assert time.monotonic() - began < 5, "SIGTERM took too long"
     assert result.events("ready") and result.events("stopping")
     assert tree(dest) == {"model.bin": data}
+
+
+def test_sidecar_is_ready_while_a_silent_pushgateway_holds_the_push(
+    put: Callable[[str, bytes], None],
+    env: dict[str, str],
+    dest: Path,
+    popen: Callable[..., Running],
+) -> None:
+    data = model(put, 64 * 1024)
+    silent = socket.socket()  # accepts, never answers: the push waits for its timeout
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        port = promstack.free_port()
+        gateway = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env |= {"METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1", "PUSHGATEWAY_URL": gateway}
+        run = popen("sidecar", env=env)
+        began = time.monotonic()
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200, timeout=20)
+        assert time.monotonic() - began < 5, "readiness waited for the Pushgateway"
+        assert tree(dest) == {"model.bin": data}
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.wait(20).code == 0
+    finally:
+        silent.close()
 
 
 def test_sidecar_watch_reports_drift_and_leaves_files_alone(
