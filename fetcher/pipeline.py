@@ -48,6 +48,7 @@ class Outcome:
     state: State
     plan: Plan
     served_offline: bool = False
+    resumed_bytes: int = 0  # of plan.fetch_bytes, already on disk from an interrupted run
 
 
 def wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
@@ -164,6 +165,7 @@ class Fetch:
         self.cache = Cache(cfg.dest, cfg.direct_io)
         self._state_lock = asyncio.Lock()
         self.started = time.monotonic()
+        self.resumed_bytes = 0
         self.manifest: Manifest | None = None
 
     async def run(self) -> Outcome:
@@ -185,7 +187,7 @@ class Fetch:
                 except FetchError as exc:
                     self._record_failure(state, exc)
                     raise
-            return Outcome(state, plan)
+            return Outcome(state, plan, resumed_bytes=self.resumed_bytes)
 
     def _record_failure(self, state: State, exc: FetchError) -> None:
         """Leave the reason in the state, so `verify` and `status` can say it later."""
@@ -249,12 +251,13 @@ class Fetch:
         async with progress:
             transfer = Transfer(self.cfg, src, self.cache, self.metrics, progress)
             await transfer.run(plan.fetch, lambda rel, fs: self._commit(state, rel, fs))
+        self.resumed_bytes = progress.resumed_bytes
         await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files))
         state.complete = True
         state.last_fetch = {
             "finished": time.time(),
             "duration_s": self._took(),
-            "bytes_fetched": plan.fetch_bytes,
+            "bytes_fetched": plan.fetch_bytes - self.resumed_bytes,
             "files_fetched": len(plan.fetch),
         }
         self.cache.save_state(state)
@@ -313,7 +316,7 @@ class Fetch:
 
 def summary(outcome: Outcome, started: float) -> None:
     took = time.monotonic() - started
-    fetched = outcome.plan.fetch_bytes
+    fetched = outcome.plan.fetch_bytes - outcome.resumed_bytes  # downloaded by this run
     # Offline there was no plan: every recorded file is kept as it is.
     kept = len(outcome.state.files) if outcome.served_offline else len(outcome.plan.keep)
     how = " (source unreachable: the cache as it was)" if outcome.served_offline else ""

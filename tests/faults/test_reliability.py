@@ -316,6 +316,9 @@ def test_stopped_fetch_resumes_only_missing_parts(
     cached = metric(textfile, "model_fetcher_bytes_cached")
     assert cached >= 6 * PART
     assert cached + metric(textfile, "model_fetcher_bytes_downloaded_total") >= len(data)
+    # ... and the summary counts only what this run downloaded.
+    kept = res.events("resume")[0]["parts_kept"]
+    assert res.events("done")[0]["bytes_fetched"] == len(data) - kept * PART
     assert sent_first + proxy.bytes_sent(prefix) <= len(data) + 4 * PART
     _, stderr = proc.communicate()
     if sig != signal.SIGKILL:
