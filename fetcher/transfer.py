@@ -149,7 +149,11 @@ class Transfer:
     async def _fetch_version(self, job: Job) -> FileState:
         obj = job.obj
         part_size = job.expected.part_size or self.cfg.part_size
-        partial = self.cache.open_partial(obj.key, obj.etag, obj.size, part_size)
+        # Threads: posix_fallocate is emulated with a write per block where the file system
+        # lacks fallocate (NFSv3), and the commit fsyncs a directory; neither on the loop.
+        partial = await asyncio.to_thread(
+            self.cache.open_partial, obj.key, obj.etag, obj.size, part_size
+        )
         try:
             await self._recheck_resumed(partial, job)
             every = plan_parts(obj.size, part_size)
@@ -168,7 +172,7 @@ class Transfer:
             if obj.rel.endswith(".safetensors"):
                 # Header only (milliseconds): a truncated shard never gets its final name.
                 await asyncio.to_thread(check_safetensors, partial.path, obj.rel)
-            mtime_ns = self.cache.commit(partial, obj.rel)
+            mtime_ns = await asyncio.to_thread(self.cache.commit, partial, obj.rel)
         except IntegrityError:
             partial.discard()  # bad or mixed bytes are never resumed
             raise

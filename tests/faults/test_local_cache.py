@@ -188,9 +188,9 @@ def test_file_renamed_into_place_but_never_recorded_is_not_left_behind(
     res = run_fetcher([], env)
     assert res.code == 0, res.stderr
     assert tree(dest) == {"config.json": b"{}"}  # a stale tokenizer is not served forever
-    assert [e["msg"] for e in res.events("commit_unrecorded")] == [
-        "removed tokenizer.json: placed but never recorded"
-    ]
+    # config.json may have been mid-commit too (commits run in threads): removed, fetched again.
+    removed = [e["msg"] for e in res.events("commit_unrecorded")]
+    assert "removed tokenizer.json: placed but never recorded" in removed
     assert list((dest / ".fetcher" / "partial").iterdir()) == []
 
 
