@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from . import log
 from .config import Config, load
+from .daemon_thread import in_daemon_thread
 from .errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -126,7 +128,7 @@ async def fetch_and_report(cfg: Config) -> Outcome:
         finally:
             metrics.up.set(1 if ok else 0)
             metrics.finish(ok, started)
-            await asyncio.to_thread(publish_metrics, cfg, registry)
+            await in_daemon_thread(partial(publish_metrics, cfg, registry))
     summary(outcome, started)
     return outcome
 

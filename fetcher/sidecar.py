@@ -38,7 +38,7 @@ async def sidecar(cfg: Config) -> int:
             outcome = await with_deadline(cfg, Fetch(cfg, metrics).run())
         except FetchError:
             metrics.finish(False, started)
-            await asyncio.to_thread(publish_metrics, cfg, registry)
+            await in_daemon_thread(partial(publish_metrics, cfg, registry))
             raise
         metrics.up.set(1)
         metrics.finish(True, started)

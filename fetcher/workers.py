@@ -264,8 +264,8 @@ async def _one(parts: PartDownloader, msg: dict[str, Any], direct_io: bool) -> N
     fd, direct_fd = -1, None
     try:
         with os_errors("open", path):
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        direct_fd = directio.open_direct(path, os.O_WRONLY) if direct_io else None
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        direct_fd = directio.open_direct(path, os.O_WRONLY | os.O_NOFOLLOW) if direct_io else None
 
         def write(data: memoryview, offset: int) -> None:
             with os_errors("write", path):
