@@ -120,9 +120,9 @@ def _unchanged(job: Job, fs: FileState) -> bool:
     return same_version and job.expected.xxh3 in (None, fs.xxh3)
 
 
-async def _mismatched(state: State, cache: Cache) -> list[str]:
-    """Recorded files whose bytes no longer hash as recorded (hashed in threads)."""
-    rels = sorted(state.files)
+async def _mismatched(state: State, cache: Cache, rels: list[str]) -> list[str]:
+    """Those of `rels` whose bytes no longer hash as recorded (hashed in threads; an unreadable
+    file does not match)."""
     digests = await asyncio.gather(
         *(asyncio.to_thread(_digest_or_none, cache, rel, state.files[rel]) for rel in rels)
     )
@@ -139,13 +139,8 @@ def _digest_or_none(cache: Cache, rel: str, fs: FileState) -> str | None:
 async def _rehash_kept(plan: Plan, state: State, cache: Cache, jobs: list[Job]) -> None:
     """FETCH_VERIFY=full: every cached file is hashed again; a changed one is fetched again."""
 
-    async def check(obj: RemoteObject) -> bool:
-        fs = state.files[obj.rel]
-        digest = await asyncio.to_thread(file_digest, cache.final_path(obj.rel), fs.part_size)
-        return digest == fs.xxh3
-
-    results = await asyncio.gather(*(check(o) for o in plan.keep))
-    bad = [o for o, ok in zip(plan.keep, results, strict=True) if not ok]
+    mismatched = set(await _mismatched(state, cache, [o.rel for o in plan.keep]))
+    bad = [o for o in plan.keep if o.rel in mismatched]
     by_rel = {j.obj.rel: j for j in jobs}
     for obj in bad:
         log.warning(
@@ -213,7 +208,8 @@ class Fetch:
             raise SourceUnreachable(
                 f"{exc} and the cache at {self.cfg.dest} is incomplete"
             ) from exc
-        if self.cfg.verify_mode == "full" and (bad := await _mismatched(state, self.cache)):
+        full = self.cfg.verify_mode == "full"
+        if full and (bad := await _mismatched(state, self.cache, sorted(state.files))):
             # FETCH_VERIFY=full is a promise to rehash before serving, with or without S3.
             raise SourceUnreachable(
                 f"{exc} and {bad[0]} in the cache no longer matches its recorded digest"
