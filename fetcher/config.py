@@ -214,12 +214,12 @@ def _choice(options: tuple[L, ...], aliases: Mapping[str, L] | None = None) -> C
     return parse
 
 
-_MAX_SECONDS = 7 * 24 * 3600.0  # beyond this, event-loop timers overflow, and no wait is meant
+MAX_SECONDS = 7 * 24 * 3600.0  # beyond this, event-loop timers overflow, and no wait is meant
 
 
 def _seconds(text: str) -> float:
     value = parse_duration(text)
-    if not 0 < value <= _MAX_SECONDS:
+    if not 0 < value <= MAX_SECONDS:
         raise ValueError("expected a duration above zero and at most 168h, such as 10s or 5m")
     return value
 

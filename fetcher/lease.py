@@ -25,10 +25,10 @@ from typing import Any
 
 from . import log
 from .cache import Cache, os_errors, write_json_atomic
+from .config import MAX_SECONDS
 
 _POLL = 0.5  # seconds between attempts while another fetcher holds the cache
 _WAIT_LOG_EVERY = 15.0
-_MAX_TTL = 7 * 24 * 3600.0  # no fetcher writes a longer TTL: a larger one is a damaged lease
 
 
 class CacheLease:
@@ -114,8 +114,9 @@ class CacheLease:
             return "its lease records no heartbeat"
         if not math.isfinite(age):
             return "its lease records no usable heartbeat"
-        if not 0 < ttl <= _MAX_TTL:
-            ttl = self.ttl  # a damaged TTL must not keep a dead holder's lease alive
+        if not 0 < ttl <= MAX_SECONDS:
+            # No fetcher writes a TTL config would refuse: a damaged lease, not to be kept alive.
+            ttl = self.ttl
         # A live holder writes its own clock: ahead by up to the TTL is skew we tolerate; more
         # means a bad clock or a damaged lease, and waiting for that time could be forever.
         if age < -ttl:
