@@ -279,9 +279,9 @@ class _Conn(asyncio.BufferedProtocol):
     def _write_failed(self) -> bool:
         if self.writing is None or not self.writing.done() or self.writing.cancelled():
             return False
-        if self.writing.exception() is None:
-            return False
         exc = self.writing.exception()
+        if exc is None:
+            return False
         self.writing = None
         self._fail(exc if isinstance(exc, FetchError) else TransientSourceError(str(exc)))
         return True
