@@ -545,8 +545,10 @@ def _ca_bundle_problem(path: str) -> str | None:
         return "a directory; point it at the certificate file inside it (for example ca.crt)"
     if not os.path.exists(path):
         return "no such file"
+    from .rangeget import tls_context  # loaded once here, and the same context used later
+
     try:
-        ssl.create_default_context(cafile=path)
+        tls_context(True, path)
     except (ssl.SSLError, OSError, ValueError) as exc:
         return f"not a readable PEM certificate bundle ({getattr(exc, 'strerror', None) or exc})"
     return None

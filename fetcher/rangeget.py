@@ -13,13 +13,15 @@ exist, so memory is bounded by concurrency x 2 x BUF_SIZE whatever the model siz
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -490,6 +492,18 @@ def tls_failure(exc: ssl.SSLError, where: str) -> TLSFailure:
 
 
 def tls_context(verify: bool, ca_bundle: str | None) -> ssl.SSLContext:
+    """One context per setting and bundle version: loading the certificates costs ~16 ms,
+    and config's check, the control plane and the byte path all want the same one; a rotated
+    bundle (a long-lived sidecar's re-lists) is a new version, loaded again."""
+    version = None
+    if verify and ca_bundle:
+        with suppress(OSError):
+            version = os.stat(ca_bundle).st_mtime_ns
+    return _tls_context(verify, ca_bundle, version)
+
+
+@cache
+def _tls_context(verify: bool, ca_bundle: str | None, _version: int | None) -> ssl.SSLContext:
     if not verify:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
