@@ -19,10 +19,9 @@ from typing import TypeVar
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from . import log
-from .config import Config, load
-from .daemon_thread import in_daemon_thread
-from .errors import (
+from fetcher.commands.fetch import Fetch, Outcome, summary
+from fetcher.config import Config, load
+from fetcher.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     ConfigError,
@@ -30,9 +29,10 @@ from .errors import (
     SourceError,
     Stopped,
 )
-from .handoff import exec_serve
-from .metrics import Metrics, MetricsServer, push, write_textfile
-from .pipeline import Fetch, Outcome, summary
+from fetcher.handoff import exec_serve
+from fetcher.observe import log
+from fetcher.observe.metrics import Metrics, MetricsServer, push, write_textfile
+from fetcher.tasks import in_daemon_thread
 
 T = TypeVar("T")
 
@@ -62,19 +62,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _dispatch(cfg: Config) -> int:
     if cfg.command == "verify":
-        from .inspect_cache import verify_command
+        from fetcher.commands.inspect import verify_command
 
         return verify_command(cfg)
     if cfg.command == "status":
-        from .inspect_cache import status_command
+        from fetcher.commands.inspect import status_command
 
         return status_command(cfg)
     if cfg.command == "publish":
-        from .publish import publish
+        from fetcher.commands.publish import publish
 
         return run_async(lambda: publish(cfg))
     if cfg.command == "sidecar":
-        from .sidecar import sidecar
+        from fetcher.commands.sidecar import sidecar
 
         return run_async(lambda: sidecar(cfg))
     run_async(lambda: fetch_and_report(cfg))

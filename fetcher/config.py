@@ -545,7 +545,9 @@ def _ca_bundle_problem(path: str) -> str | None:
         return "a directory; point it at the certificate file inside it (for example ca.crt)"
     if not os.path.exists(path):
         return "no such file"
-    from .rangeget import tls_context  # loaded once here, and the same context used later
+    from fetcher.transfer.http import (
+        tls_context,  # loaded once here, and the same context used later
+    )
 
     try:
         tls_context(True, path)

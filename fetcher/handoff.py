@@ -11,8 +11,8 @@ import signal
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import log
-from .errors import FetchError
+from fetcher.errors import FetchError
+from fetcher.observe import log
 
 
 class HandoffFailed(FetchError):

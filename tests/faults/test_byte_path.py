@@ -22,9 +22,9 @@ import xxhash
 
 from devtools.seaweed import SeaweedServer
 from fetcher.errors import CacheError, WorkerLost
-from fetcher.partget import PartTask
-from fetcher.rangeget import RangeGetter, RangeRequest
-from fetcher.workers import WorkerPool
+from fetcher.transfer.http import RangeGetter, RangeRequest
+from fetcher.transfer.parts import PartTask
+from fetcher.transfer.workers import WorkerPool
 from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy, Stall
 from tests.faults.test_reliability import popen_fetcher, wait_for_parts

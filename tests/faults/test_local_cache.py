@@ -151,7 +151,7 @@ def test_dest_that_is_a_file_or_a_dangling_link_is_named_as_such(
 
 CRASH_AFTER = """
 import os, sys
-from fetcher import cache
+from fetcher.cache import store as cache
 step, when, calls = sys.argv[1], sys.argv[2], {"n": 0}
 sys.argv[1:] = []  # the rest of the command line is the fetcher's
 owner = cache.Partial if step == "mark_done" else cache.Cache

@@ -33,7 +33,7 @@ import xxhash
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.seaweed import SeaweedServer
-from fetcher.progress import Progress
+from fetcher.observe.progress import Progress
 from tests.conftest import BUCKET, Result, pod_env, tree
 from tests.faults.proxy import Fault, FaultProxy, Throttle
 

@@ -24,7 +24,7 @@ METRIC = re.compile(r"\b(model_fetcher_[a-z_]+)")
 
 def exported_series() -> dict[str, set[str]]:
     """Series names (with _total, _bucket, ...) the fetcher registers, with their labels."""
-    from fetcher.metrics import Metrics
+    from fetcher.observe.metrics import Metrics
 
     registry = CollectorRegistry()
     metrics = Metrics(registry, "llm-models", "m/v1/")

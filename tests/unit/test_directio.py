@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fetcher import directio
-from fetcher.cache import Cache
-from fetcher.directio import ALIGN, aligned_buffer, open_direct, pread_into, pwrite_all
-from fetcher.verify import composite_xxh3, file_digest, xxh3_range
+from fetcher.cache import directio
+from fetcher.cache.directio import ALIGN, aligned_buffer, open_direct, pread_into, pwrite_all
+from fetcher.cache.store import Cache
+from fetcher.verify.checks import composite_xxh3, file_digest, xxh3_range
 
 SIZE = 3 * 1024 * 1024 + 777
 
@@ -137,7 +137,7 @@ def test_socket_buffers_are_aligned_for_direct_writes() -> None:
     import asyncio
     import ctypes
 
-    from fetcher.rangeget import BUF_SIZE, _Conn
+    from fetcher.transfer.http import BUF_SIZE, _Conn
 
     loop = asyncio.new_event_loop()
     try:

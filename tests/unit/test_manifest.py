@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from fetcher.commands.expected import manifest_jobs, s3_expected
+from fetcher.commands.publish import local_files, upload_part_size
 from fetcher.errors import EXIT_INTEGRITY, CacheError, IntegrityError, UnsafeKey
-from fetcher.integrity import manifest_jobs, s3_expected
-from fetcher.manifest import MANIFEST_NAME, Manifest, ManifestError, ManifestFile
-from fetcher.publish import local_files, upload_part_size
-from fetcher.remote import RemoteObject
-from fetcher.verify import part_hashes
+from fetcher.source.base import RemoteObject
+from fetcher.verify.checks import part_hashes
+from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestError, ManifestFile
 
 MiB = 1 << 20
 H = "0123456789abcdef" * 2  # any 32-hex digest

@@ -10,7 +10,7 @@ import safetensors
 from safetensors import safe_open
 
 from devtools.sample_model import main, parse_size, write_sample_model
-from fetcher.verify import check_model
+from fetcher.verify.checks import check_model
 
 SIZE = 3_000_000
 

@@ -15,9 +15,9 @@ import xxhash
 from safetensors.numpy import save_file
 
 from devtools.sample_model import write_sample_model
-from fetcher import verify
 from fetcher.errors import CacheError, InvalidModel
-from fetcher.verify import (
+from fetcher.verify import checks as verify
+from fetcher.verify.checks import (
     check_index,
     check_model,
     check_safetensors,

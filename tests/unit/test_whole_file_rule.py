@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fetcher.transfer import Expected, _needs_read_back
+from fetcher.transfer.engine import Expected, _needs_read_back
 
 PARTS = ("a" * 32, "b" * 32, "c" * 32)
 

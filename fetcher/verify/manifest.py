@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import safe_rel
-from .errors import IntegrityError, UnsafeKey
+from fetcher.cache.store import safe_rel
+from fetcher.errors import IntegrityError, UnsafeKey
 
 MANIFEST_NAME = ".model-manifest.json"
 FORMAT = "model-fetcher-manifest"

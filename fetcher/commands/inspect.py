@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import log
-from .cache import Cache, FileState, State
-from .config import Config
-from .errors import EXIT_OK, FetchError, IntegrityError, UnsafeKey
-from .verify import check_model, file_digest
+from fetcher.cache.store import Cache, FileState, State
+from fetcher.config import Config
+from fetcher.errors import EXIT_OK, FetchError, IntegrityError, UnsafeKey
+from fetcher.observe import log
+from fetcher.verify.checks import check_model, file_digest
 
 
 def verify_command(cfg: Config) -> int:

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import directio, log
-from .errors import CacheError, UnsafeKey
+from fetcher.cache import directio
+from fetcher.errors import CacheError, UnsafeKey
+from fetcher.observe import log
 
 META_DIR = ".fetcher"
 STATE_VERSION = 1

@@ -25,15 +25,15 @@ from functools import cache, partial
 from typing import cast
 from urllib.parse import urlsplit
 
-from .directio import aligned_buffer
-from .errors import (
+from fetcher.cache.directio import aligned_buffer
+from fetcher.errors import (
     FetchError,
     RangeMismatch,
     SourceError,
     TLSFailure,
     TransientSourceError,
 )
-from .s3errors import s3_error_from_body
+from fetcher.source.s3errors import s3_error_from_body
 
 # 2 MiB: half the thread hand-offs and wake-ups of 1 MiB; client CPU 0.44 -> 0.37 s/GiB, same
 # run (issue 7). 16 connections x 2 buffers = 64 MiB, inside the 150 MiB RSS budget.

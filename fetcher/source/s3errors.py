@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import (
+from fetcher.errors import (
     AccessDenied,
     FetchError,
     ObjectChanged,

@@ -30,11 +30,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import directio, errors, log
-from .cache import os_errors
-from .errors import FetchError, TransientSourceError, WorkerLost
-from .partget import Hooks, PartDownloader, PartTask
-from .rangeget import RangeGetter, tls_context
+from fetcher import errors
+from fetcher.cache import directio
+from fetcher.cache.store import os_errors
+from fetcher.errors import FetchError, TransientSourceError, WorkerLost
+from fetcher.observe import log
+from fetcher.transfer.http import RangeGetter, tls_context
+from fetcher.transfer.parts import Hooks, PartDownloader, PartTask
 
 _LINE_LIMIT = 1 << 20
 
@@ -73,7 +75,7 @@ class WorkerPool:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "fetcher.workers",
+                "fetcher.transfer.workers",
                 json.dumps(settings),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,

@@ -10,7 +10,7 @@ import time
 from contextlib import suppress
 from typing import IO, Any
 
-from . import log
+from fetcher.observe import log
 
 
 class Progress:

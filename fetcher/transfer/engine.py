@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import log
-from .cache import Cache, FileState, Partial
-from .config import Config
-from .errors import (
+from fetcher.cache.store import Cache, FileState, Partial
+from fetcher.config import Config
+from fetcher.errors import (
     CacheError,
     ChecksumMismatch,
     FetchError,
@@ -27,13 +26,14 @@ from .errors import (
     ObjectNotFound,
     WorkerLost,
 )
-from .metrics import Metrics
-from .partget import Part, PartDownloader, PartTask, plan_parts
-from .progress import Progress
-from .rangeget import RangeGetter, tls_context
-from .remote import ControlPlane, RemoteObject
-from .verify import FileDigests, check_safetensors, composite_xxh3, xxh3_range
-from .workers import WorkerPool
+from fetcher.observe import log
+from fetcher.observe.metrics import Metrics
+from fetcher.observe.progress import Progress
+from fetcher.source.base import ControlPlane, RemoteObject
+from fetcher.transfer.http import RangeGetter, tls_context
+from fetcher.transfer.parts import Part, PartDownloader, PartTask, plan_parts
+from fetcher.transfer.workers import WorkerPool
+from fetcher.verify.checks import FileDigests, check_safetensors, composite_xxh3, xxh3_range
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
 # A part whose bytes fail the manifest is fetched once more: TCP and TLS make a flip in transit

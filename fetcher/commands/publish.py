@@ -15,14 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import log
-from .cache import cache_error, safe_rel
-from .config import Config
-from .errors import CacheError, FetchError
-from .manifest import MANIFEST_NAME, Manifest, ManifestFile
-from .source import Source
-from .transfer import run_all
-from .verify import check_model, part_hashes
+from fetcher.cache.store import cache_error, safe_rel
+from fetcher.config import Config
+from fetcher.errors import CacheError, FetchError
+from fetcher.observe import log
+from fetcher.source.boto import Source
+from fetcher.transfer.engine import run_all
+from fetcher.verify.checks import check_model, part_hashes
+from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestFile
 
 _MIN_UPLOAD_PART = 8 << 20  # S3 multipart parts must be >= 5 MiB (all but the last)
 _MAX_UPLOAD_PARTS = 10_000  # S3's limit on the parts of one multipart upload

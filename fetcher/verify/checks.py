@@ -25,7 +25,7 @@ from typing import Any
 
 import xxhash
 
-from fetcher import directio
+from fetcher.cache import directio
 from fetcher.errors import CacheError, InvalidModel
 
 HASH_BLOCK = 8 * 1024 * 1024  # large reads keep syscalls and GIL round-trips negligible

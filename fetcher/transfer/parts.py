@@ -18,9 +18,9 @@ from typing import Protocol
 
 import xxhash
 
-from . import log
-from .errors import RangeMismatch, TransientSourceError
-from .rangeget import RangeGetter, RangeRequest
+from fetcher.errors import RangeMismatch, TransientSourceError
+from fetcher.observe import log
+from fetcher.transfer.http import RangeGetter, RangeRequest
 
 _BACKOFF_BASE, _BACKOFF_CAP = 0.2, 10.0
 

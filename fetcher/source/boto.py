@@ -25,8 +25,8 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from .config import Config
-from .errors import (
+from fetcher.config import Config
+from fetcher.errors import (
     AccessDenied,
     ConfigError,
     FetchError,
@@ -35,8 +35,8 @@ from .errors import (
     SourceUnreachable,
     TLSFailure,
 )
-from .remote import RemoteObject, listed_object, nonempty
-from .s3errors import map_s3_error
+from fetcher.source.base import RemoteObject, listed_object, nonempty
+from fetcher.source.s3errors import map_s3_error
 
 
 def map_client_error(exc: ClientError, what: str) -> FetchError:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from .config import Config
-from .errors import ObjectNotFound
+from fetcher.config import Config
+from fetcher.errors import ObjectNotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +67,9 @@ class ControlPlane(Protocol):
 def open_source(cfg: Config) -> ControlPlane:
     """The light signer when the keys are given (or anonymous), else botocore's chain."""
     if cfg.anonymous or (cfg.access_key and cfg.secret_key):
-        from .signed import SignedSource
+        from fetcher.source.sigv4 import SignedSource
 
         return SignedSource(cfg)
-    from .source import Source
+    from fetcher.source.boto import Source
 
     return Source(cfg)

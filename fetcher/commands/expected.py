@@ -8,11 +8,11 @@ import json
 import re
 from collections.abc import Callable, Mapping
 
-from . import log
-from .cache import Cache, write_json_atomic
-from .manifest import MANIFEST_NAME, Manifest, ManifestError
-from .remote import ControlPlane, RemoteObject
-from .transfer import Expected, Job, run_all
+from fetcher.cache.store import Cache, write_json_atomic
+from fetcher.observe import log
+from fetcher.source.base import ControlPlane, RemoteObject
+from fetcher.transfer.engine import Expected, Job, run_all
+from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestError
 
 # Full-object checksums we can recompute locally, best first. CRC32C needs a native library
 # we do not ship; an object with only that one is pinned by ETag and reported unverified.

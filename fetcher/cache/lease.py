@@ -23,9 +23,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from . import log
-from .cache import Cache, os_errors, write_json_atomic
-from .config import MAX_SECONDS
+from fetcher.cache.store import Cache, os_errors, write_json_atomic
+from fetcher.config import MAX_SECONDS
+from fetcher.observe import log
 
 _POLL = 0.5  # seconds between attempts while another fetcher holds the cache
 _WAIT_LOG_EVERY = 15.0

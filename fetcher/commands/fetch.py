@@ -14,18 +14,18 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from . import log
-from .cache import Cache, FileState, State, safe_rel
-from .config import Config
-from .errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
-from .integrity import add_s3_checksums, load_manifest, manifest_jobs
-from .lease import CacheLease
-from .manifest import MANIFEST_NAME, Manifest
-from .metrics import Metrics
-from .progress import Progress
-from .remote import ControlPlane, RemoteObject, open_source
-from .transfer import Job, Transfer
-from .verify import check_model, file_digest
+from fetcher.cache.lease import CacheLease
+from fetcher.cache.store import Cache, FileState, State, safe_rel
+from fetcher.commands.expected import add_s3_checksums, load_manifest, manifest_jobs
+from fetcher.config import Config
+from fetcher.errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
+from fetcher.observe import log
+from fetcher.observe.metrics import Metrics
+from fetcher.observe.progress import Progress
+from fetcher.source.base import ControlPlane, RemoteObject, open_source
+from fetcher.transfer.engine import Job, Transfer
+from fetcher.verify.checks import check_model, file_digest
+from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 
 
 @dataclass

@@ -15,15 +15,15 @@ from functools import partial
 
 from prometheus_client import CollectorRegistry
 
-from . import log
-from .cache import Cache
-from .cli import publish_metrics, with_deadline
-from .config import Config
-from .daemon_thread import in_daemon_thread
-from .errors import FetchError, ObjectNotFound
-from .metrics import Metrics, MetricsServer
-from .pipeline import Fetch, selected, summary
-from .remote import open_source
+from fetcher.cache.store import Cache
+from fetcher.cli import publish_metrics, with_deadline
+from fetcher.commands.fetch import Fetch, selected, summary
+from fetcher.config import Config
+from fetcher.errors import FetchError, ObjectNotFound
+from fetcher.observe import log
+from fetcher.observe.metrics import Metrics, MetricsServer
+from fetcher.source.base import open_source
+from fetcher.tasks import in_daemon_thread
 
 DEFAULT_PORT = 9090
 

@@ -17,8 +17,8 @@ from prometheus_client.exposition import (
     write_to_textfile,
 )
 
-from . import log
-from .errors import ConfigError
+from fetcher.errors import ConfigError
+from fetcher.observe import log
 
 _LABELS = ("bucket", "prefix")
 _RESULTS = ("downloaded", "cached", "removed", "failed")

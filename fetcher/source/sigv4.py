@@ -24,18 +24,18 @@ from xml.etree import ElementTree
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 
-from .config import Config
-from .daemon_thread import in_daemon_thread
-from .errors import (
+from fetcher.config import Config
+from fetcher.errors import (
     FetchError,
     ObjectNotFound,
     SourceUnreachable,
     TLSFailure,
     TransientSourceError,
 )
-from .rangeget import tls_context, tls_failure
-from .remote import RemoteObject, listed_object, nonempty
-from .s3errors import s3_error_from_body
+from fetcher.source.base import RemoteObject, listed_object, nonempty
+from fetcher.source.s3errors import s3_error_from_body
+from fetcher.tasks import in_daemon_thread
+from fetcher.transfer.http import tls_context, tls_failure
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _ATTEMPTS = 3  # like botocore's standard retry mode for the control plane
