@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -29,9 +28,9 @@ from bench.machine import machine_info
 from bench.runner import Plan, Run, drop_caches_possible, run_once
 from bench.tools import TOOL_NAMES, Source, Tool, publish, select, versions
 from devtools.seaweed import SeaweedServer, boto3_client
+from fetcher import units
 
 RESULTS = Path(__file__).resolve().parent / "results"
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _NOISE_PAUSE_S = 2.0
 _NOISE_MIN_WALL_S = 1.0
 _QUICK = {"size": 128 * 2**20, "shards": 2, "rounds": 2}
@@ -46,11 +45,13 @@ PAGE_CACHE_NOTES = {
 
 
 def parse_size(text: str) -> int:
-    """`4GiB`, `512MiB`, `64M`, `1g` or a byte count."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4GiB, 512MiB, 1000000)")
-    return int(float(match[1]) * _UNITS[match[2].lower()])
+    """`4GiB`, `512MiB`, `64M` or a byte count: the fetcher's own rule (fetcher/units.py)."""
+    try:
+        return units.parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (try 4GiB, 512MiB, 1000000)"
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,16 +17,15 @@ import argparse
 import json
 import math
 import random
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fetcher.units import parse_size
+
 _ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}
 _PIECE = 1 << 20  # randbytes is fastest on pieces that stay in cache
-_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_UNITS.update({k + "I": 1 << (10 * i) for i, k in enumerate(["", "K", "M", "G", "T"]) if k})
 
 
 @dataclass(frozen=True)
@@ -195,14 +194,6 @@ def write_sample_model(dest: Path, total_bytes: int, shards: int = 3, seed: int 
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     written.append(_write_json(dest / "model.safetensors.index.json", index))
     return written
-
-
-def parse_size(text: str) -> int:
-    """`300MB`, `1.5G`, `64MiB`, `4096`: K/M/G/T are powers of 1000, Ki/Mi/Gi/Ti of 1024."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?)B?\s*", text.upper())
-    if not m or m[2] == "I":
-        raise ValueError(f"not a size: {text!r}")
-    return int(float(m[1]) * _UNITS[m[2]])
 
 
 def main(argv: list[str] | None = None) -> int:

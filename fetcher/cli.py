@@ -10,35 +10,26 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import uvloop
-from prometheus_client import CollectorRegistry
 
-from fetcher.commands.fetch import Fetch, Outcome, summary
+from fetcher.commands.run import fetch_and_report
 from fetcher.config import Config, load
 from fetcher.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     ConfigError,
     FetchError,
-    SourceError,
+    InternalError,
     Stopped,
 )
 from fetcher.handoff import exec_serve
 from fetcher.observe import log
-from fetcher.observe.metrics import Metrics, MetricsServer, push, write_textfile
-from fetcher.tasks import in_daemon_thread
 
 T = TypeVar("T")
-
-
-class InternalError(FetchError):
-    """A bug: anything that is not one of our errors (exit 1)."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -113,41 +104,6 @@ async def with_signals(main_fn: Callable[[], Awaitable[T]]) -> T:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-
-
-async def fetch_and_report(cfg: Config) -> Outcome:
-    """One fetch with its metrics exposed during the run and pushed or written after it."""
-    registry = CollectorRegistry()
-    metrics = Metrics(registry, cfg.bucket, cfg.prefix)
-    started = time.monotonic()
-    ok = False
-    async with MetricsServer(cfg.metrics_port, metrics, cfg.metrics_host):
-        try:
-            outcome = await with_deadline(cfg, Fetch(cfg, metrics).run())
-            ok = True
-        finally:
-            metrics.up.set(1 if ok else 0)
-            metrics.finish(ok, started)
-            await in_daemon_thread(partial(publish_metrics, cfg, registry))
-    summary(outcome, started)
-    return outcome
-
-
-async def with_deadline(cfg: Config, coro: Awaitable[T]) -> T:
-    if cfg.deadline is None:
-        return await coro
-    try:
-        async with asyncio.timeout(cfg.deadline):
-            return await coro
-    except TimeoutError:
-        raise SourceError(f"FETCH_DEADLINE of {cfg.deadline:g}s exceeded") from None
-
-
-def publish_metrics(cfg: Config, registry: CollectorRegistry) -> None:
-    if cfg.pushgateway_url:
-        push(registry, cfg.pushgateway_url, cfg.identity)
-    if cfg.metrics_textfile:
-        write_textfile(registry, str(cfg.metrics_textfile))
 
 
 def _report(exc: FetchError, termination_log: Path) -> int:

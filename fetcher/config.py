@@ -20,12 +20,13 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from fetcher.errors import ConfigError
+from fetcher.tls import tls_context
+from fetcher.units import MAX_SECONDS, GiB, KiB, MiB, parse_bool, parse_duration, parse_size
 
 Command = Literal["fetch", "sidecar", "verify", "status", "publish"]
 VerifyMode = Literal["fast", "full"]
@@ -38,7 +39,6 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 _ALIASES: dict[str, LogLevel] = {"warn": "warning"}
 
-KiB, MiB, GiB = 2**10, 2**20, 2**30
 # Ranged GETs have no minimum size; 64 KiB keeps tests fast. S3 multipart *uploads* need
 # parts of at least 5 MiB (except the last), so publish must round small part sizes up.
 MIN_PART_SIZE, MAX_PART_SIZE = 64 * KiB, 5 * GiB
@@ -87,56 +87,26 @@ class Config:
     local_dir: Path | None = None  # publish's LOCAL_DIR
     termination_log: Path = Path("/dev/termination-log")
 
+    @property
+    def https(self) -> bool:
+        """The one answer to "is this endpoint TLS?": no endpoint means AWS itself, which is
+        https; otherwise the scheme (always explicit here: `_http_url` adds the default)."""
+        return self.endpoint is None or self.endpoint.startswith("https://")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context every client uses, or None for plain HTTP (so that a global
+        AWS_CA_BUNDLE is never loaded for an http endpoint)."""
+        return tls_context(self.tls_verify, self.ca_bundle) if self.https else None
+
 
 # ---------------------------------------------------------------------------------------------
 # Value parsers: pure, raise ValueError with a phrase that follows "NAME: ".
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?)b?|b)?", re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
 
 L = TypeVar("L", bound=str)
 T = TypeVar("T")
-
-
-def parse_bool(text: str) -> bool:
-    word = text.strip().lower()
-    if word in _TRUE or word in _FALSE:
-        return word in _TRUE
-    raise ValueError("expected one of 1, true, yes, on, 0, false, no, off")
-
-
-def parse_size(text: str) -> int:
-    """Bytes in "32MiB", "32Mi", "8M", "8MB", "512KiB", "1GB" or "1048576".
-
-    K, M, G, T (with or without B) are powers of 1000; Ki, Mi, Gi, Ti (with or without B)
-    powers of 1024, as in Kubernetes quantities.
-    """
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError("expected a size such as 32MiB, 8M or a byte count")
-    number, letter, binary = match.groups()
-    power = "kmgt".index(letter.lower()) + 1 if letter else 0
-    size = Fraction(number) * (1024 if binary else 1000) ** power
-    if size.denominator != 1:
-        raise ValueError("expected a whole number of bytes")
-    return int(size)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in "10", "10s", "1.5s", "500ms", "5m", "1h" or "1h30m"."""
-    word = text.strip().lower()
-    if _NUMBER.fullmatch(word):
-        return float(word)
-    if not _DURATION.fullmatch(word):
-        raise ValueError("expected a duration such as 10s, 1.5s, 500ms, 5m or 1h")
-    return sum(float(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(word))
 
 
 def normalise_prefix(p: str) -> str:
@@ -212,9 +182,6 @@ def _choice(options: tuple[L, ...], aliases: Mapping[str, L] | None = None) -> C
         raise ValueError("expected one of " + ", ".join(options))
 
     return parse
-
-
-MAX_SECONDS = 7 * 24 * 3600.0  # beyond this, event-loop timers overflow, and no wait is meant
 
 
 def _seconds(text: str) -> float:
@@ -545,11 +512,7 @@ def _ca_bundle_problem(path: str) -> str | None:
         return "a directory; point it at the certificate file inside it (for example ca.crt)"
     if not os.path.exists(path):
         return "no such file"
-    from fetcher.transfer.http import (
-        tls_context,  # loaded once here, and the same context used later
-    )
-
-    try:
+    try:  # loaded once here, and the same (cached) context is used by the clients later
         tls_context(True, path)
     except (ssl.SSLError, OSError, ValueError) as exc:
         return f"not a readable PEM certificate bundle ({getattr(exc, 'strerror', None) or exc})"

@@ -13,13 +13,18 @@
     │  ├─ RangeMismatch                            Content-Range or length not what was asked
     │  ├─ ChecksumMismatch(key, expected, actual)
     │  ├─ InvalidModel                             bad safetensors header, index names no shard
+    │  ├─ ManifestError                            a .model-manifest.json that cannot be used
     │  └─ UnsafeKey                                a key that would escape the cache directory
-    └─ CacheError                         exit 5   no space, permissions, corrupt local state
-       └─ WorkerLost                               a FETCH_WORKERS process died (OOM-killed?)
-    Stopped                               exit 143 (SIGTERM) / 130 (SIGINT)
+    ├─ CacheError                         exit 5   no space, permissions, corrupt local state
+    │  └─ WorkerLost                               a FETCH_WORKERS process died (OOM-killed?)
+    ├─ HandoffFailed                      exit 127 the serving command cannot be started
+    ├─ Stopped                            exit 143 (SIGTERM) / 130 (SIGINT)
+    └─ InternalError                      exit 1   a bug: anything outside this tree
 
-Errors are mapped into this tree where they arise: botocore and socket errors in `source.py` /
-`http.py`, OS errors in `cache.py`. Messages are one line and never carry a credential.
+Errors are mapped into this tree where they arise: botocore errors in `source/boto.py`, S3
+error bodies in `source/s3errors.py`, urllib and socket errors in `source/sigv4.py` and
+`transfer/http.py`, OS errors in `cache/` (`os_errors`). Messages are one line and never
+carry a credential.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ EXIT_INTEGRITY = 4
 EXIT_CACHE = 5
 EXIT_SIGTERM = 143
 EXIT_SIGINT = 130
+EXIT_NO_COMMAND = 127  # the shell's "command not found"
+EXIT_INTERNAL = 1
 
 
 class FetchError(Exception):
@@ -97,6 +104,10 @@ class InvalidModel(IntegrityError):
     pass
 
 
+class ManifestError(IntegrityError):
+    """The remote manifest is malformed or does not describe the listing."""
+
+
 class UnsafeKey(IntegrityError):
     pass
 
@@ -116,3 +127,13 @@ class Stopped(FetchError):
     def __init__(self, signum: int, exit_code: int) -> None:
         super().__init__(f"stopped by signal {signum}")
         self.exit_code = exit_code
+
+
+class HandoffFailed(FetchError):
+    exit_code = EXIT_NO_COMMAND  # what a failed exec conventionally means
+
+
+class InternalError(FetchError):
+    """A bug: anything that is not one of our errors (exit 1)."""
+
+    exit_code = EXIT_INTERNAL

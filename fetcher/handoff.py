@@ -11,12 +11,8 @@ import signal
 from collections.abc import Sequence
 from typing import NoReturn
 
-from fetcher.errors import FetchError
+from fetcher.errors import HandoffFailed
 from fetcher.observe import log
-
-
-class HandoffFailed(FetchError):
-    exit_code = 127  # the shell's "command not found", what a failed exec conventionally means
 
 
 def exec_serve(cmd: Sequence[str]) -> NoReturn:

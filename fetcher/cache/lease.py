@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fetcher.cache.store import Cache, os_errors, write_json_atomic
-from fetcher.config import MAX_SECONDS
 from fetcher.observe import log
+from fetcher.units import MAX_SECONDS
 
 _POLL = 0.5  # seconds between attempts while another fetcher holds the cache
 _WAIT_LOG_EVERY = 15.0

@@ -9,10 +9,12 @@ import re
 from collections.abc import Callable, Mapping
 
 from fetcher.cache.store import Cache, write_json_atomic
+from fetcher.errors import ManifestError
 from fetcher.observe import log
 from fetcher.source.base import ControlPlane, RemoteObject
-from fetcher.transfer.engine import Expected, Job, run_all
-from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestError
+from fetcher.tasks import run_all
+from fetcher.transfer.plan import Expected, Job
+from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 
 # Full-object checksums we can recompute locally, best first. CRC32C needs a native library
 # we do not ship; an object with only that one is pinned by ETag and reported unverified.

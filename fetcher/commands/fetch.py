@@ -22,8 +22,10 @@ from fetcher.errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics
 from fetcher.observe.progress import Progress
-from fetcher.source.base import ControlPlane, RemoteObject, open_source
-from fetcher.transfer.engine import Job, Transfer
+from fetcher.source.base import ControlPlane, RemoteObject
+from fetcher.source.factory import open_source
+from fetcher.transfer.engine import Transfer
+from fetcher.transfer.plan import Job
 from fetcher.verify.checks import check_model, file_digest
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 
@@ -283,7 +285,7 @@ class Fetch:
             )
 
     def _log_start(self, plan: Plan) -> None:
-        if not self.cfg.tls_verify and (self.cfg.endpoint or "https").startswith("https"):
+        if not self.cfg.tls_verify and self.cfg.https:
             log.warning(
                 "tls_unverified",
                 "TLS certificate verification is OFF "

@@ -20,7 +20,7 @@ from fetcher.config import Config
 from fetcher.errors import CacheError, FetchError
 from fetcher.observe import log
 from fetcher.source.boto import Source
-from fetcher.transfer.engine import run_all
+from fetcher.tasks import run_all
 from fetcher.verify.checks import check_model, part_hashes
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestFile
 

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from functools import partial
 
 from prometheus_client import CollectorRegistry
 
 from fetcher.cache.store import Cache
-from fetcher.cli import publish_metrics, with_deadline
-from fetcher.commands.fetch import Fetch, selected, summary
+from fetcher.commands.fetch import selected
+from fetcher.commands.run import measured_fetch, push_metrics
 from fetcher.config import Config
 from fetcher.errors import FetchError, ObjectNotFound
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics, MetricsServer
-from fetcher.source.base import open_source
-from fetcher.tasks import in_daemon_thread
+from fetcher.source.factory import open_source
 
 DEFAULT_PORT = 9090
 
@@ -33,22 +30,13 @@ async def sidecar(cfg: Config) -> int:
     metrics = Metrics(registry, cfg.bucket, cfg.prefix)
     port = DEFAULT_PORT if cfg.metrics_port is None else cfg.metrics_port
     async with MetricsServer(port, metrics, cfg.metrics_host) as server:
-        started = time.monotonic()
-        try:
-            outcome = await with_deadline(cfg, Fetch(cfg, metrics).run())
-        except FetchError:
-            metrics.finish(False, started)
-            await in_daemon_thread(partial(publish_metrics, cfg, registry))
-            raise
-        metrics.up.set(1)
-        metrics.finish(True, started)
-        summary(outcome, started)
+        await measured_fetch(cfg, metrics, registry, push_success=False)
         server.ready = True  # before the push: a slow Pushgateway must not hold serving back
         log.event(
             "ready", "model ready; serving health and metrics until stopped", port=server.port
         )
         try:
-            await in_daemon_thread(partial(publish_metrics, cfg, registry))
+            await push_metrics(cfg, registry)
             await _watch(cfg, metrics)
         except asyncio.CancelledError:
             log.event("stopping", "stop signal received; the model stays in place")

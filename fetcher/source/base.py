@@ -1,10 +1,12 @@
 """What the fetch needs from the S3 side, and which implementation provides it.
 
     ControlPlane          list, head, the manifest GET, presigned GET URLs
-    ├─ SignedSource       (signed.py) SigV4 from botocore.auth over urllib: static keys or
+    ├─ SignedSource       (sigv4.py) SigV4 from botocore.auth over urllib: static keys or
     │                     anonymous, the pod's usual case; no aiobotocore, no aiohttp
-    └─ Source             (source.py) aiobotocore: botocore's whole credential chain (IRSA,
+    └─ Source             (boto.py) aiobotocore: botocore's whole credential chain (IRSA,
                           web identity, shared config) and the uploads of `publish`
+
+`factory.open_source` picks one.
 
 Importing aiobotocore and creating its client cost ~0.35 CPU-s at every start here (measured
 with -X importtime and cProfile: 0.25 s of imports, 0.08 s of client creation), about 10 % of a
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from fetcher.config import Config
 from fetcher.errors import ObjectNotFound
 
 
@@ -62,14 +63,3 @@ class ControlPlane(Protocol):
     async def get_bytes(self, key: str, etag: str | None = None) -> bytes: ...
 
     async def presign_get(self, key: str, expires: int = 3600) -> str: ...
-
-
-def open_source(cfg: Config) -> ControlPlane:
-    """The light signer when the keys are given (or anonymous), else botocore's chain."""
-    if cfg.anonymous or (cfg.access_key and cfg.secret_key):
-        from fetcher.source.sigv4 import SignedSource
-
-        return SignedSource(cfg)
-    from fetcher.source.boto import Source
-
-    return Source(cfg)

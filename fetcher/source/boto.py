@@ -83,12 +83,18 @@ def boto_config(cfg: Config) -> BotoConfig:
     )
 
 
+def tls_verify_setting(cfg: Config) -> bool | str:
+    """botocore's `verify` from the one TLS decision (`Config.https`). The real-AWS default
+    (no endpoint) is https and must verify; plain http passes False only so that botocore does
+    not load a global AWS_CA_BUNDLE for a connection that has no TLS."""
+    if not cfg.https:
+        return False
+    return (cfg.ca_bundle or True) if cfg.tls_verify else False
+
+
 def client_kwargs(cfg: Config) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint, "config": boto_config(cfg)}
-    if cfg.endpoint and cfg.endpoint.startswith("https"):
-        kwargs["verify"] = (cfg.ca_bundle or True) if cfg.tls_verify else False
-    else:
-        kwargs["verify"] = False  # no TLS: keep botocore from loading a global AWS_CA_BUNDLE
+    kwargs["verify"] = tls_verify_setting(cfg)
     if cfg.access_key and cfg.secret_key and not cfg.anonymous:
         kwargs["aws_access_key_id"] = cfg.access_key
         kwargs["aws_secret_access_key"] = cfg.secret_key

@@ -35,7 +35,7 @@ from fetcher.errors import (
 from fetcher.source.base import RemoteObject, listed_object, nonempty
 from fetcher.source.s3errors import s3_error_from_body
 from fetcher.tasks import in_daemon_thread
-from fetcher.transfer.http import tls_context, tls_failure
+from fetcher.tls import tls_failure
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _ATTEMPTS = 3  # like botocore's standard retry mode for the control plane
@@ -60,8 +60,7 @@ class SignedSource:
             if cfg.anonymous
             else _Credentials(str(cfg.access_key), str(cfg.secret_key), cfg.session_token)
         )
-        https = self.endpoint.startswith("https")
-        self.ssl = tls_context(cfg.tls_verify, cfg.ca_bundle) if https else None
+        self.ssl = cfg.ssl_context()
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=self.ssl)
             if self.ssl

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fetcher.cache.store import Cache, FileState, Partial
 from fetcher.config import Config
 from fetcher.errors import (
     CacheError,
     ChecksumMismatch,
-    FetchError,
     IntegrityError,
     ObjectChanged,
     ObjectNotFound,
@@ -30,8 +27,10 @@ from fetcher.observe import log
 from fetcher.observe.metrics import Metrics
 from fetcher.observe.progress import Progress
 from fetcher.source.base import ControlPlane, RemoteObject
-from fetcher.transfer.http import RangeGetter, tls_context
+from fetcher.tasks import run_all
+from fetcher.transfer.http import RangeGetter
 from fetcher.transfer.parts import Part, PartDownloader, PartTask, plan_parts
+from fetcher.transfer.plan import Expected, Job
 from fetcher.transfer.workers import WorkerPool
 from fetcher.verify.checks import FileDigests, check_safetensors, composite_xxh3, xxh3_range
 
@@ -40,50 +39,6 @@ _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
 # rare, so a second mismatch of the same ETag is what the server holds (a stale manifest).
 # More attempts only multiplied the traffic and warnings (8 per part: 232 for a 2 MiB shard).
 _PART_CHECKSUM_ATTEMPTS = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Expected:
-    """What the publisher's manifest (or S3) says the bytes must hash to."""
-
-    xxh3: str | None = None
-    part_size: int | None = None
-    parts: tuple[str, ...] = ()
-    source: str = "none"  # manifest, s3:<algorithm>, none
-    s3_algorithm: str | None = None  # sha256, sha1, crc32: S3's full-object checksum
-    s3_value: str | None = None  # base64, as S3 returns it
-
-
-@dataclass(slots=True)
-class Job:
-    obj: RemoteObject
-    expected: Expected = field(default_factory=Expected)
-
-
-def root_cause(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The first error of ours in a (nested) group: the reason the run failed."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    ours = [e for e in leaves if isinstance(e, FetchError)]
-    return (ours or leaves)[0]
-
-
-async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run concurrently; the first failure cancels the rest and is raised alone."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for coro in coros:
-                tg.create_task(coro)
-    except BaseExceptionGroup as group:
-        raise root_cause(group) from group
 
 
 OnCommit = Callable[[str, FileState], Awaitable[None]]
@@ -352,8 +307,7 @@ def _check_whole(job: Job, digest: str, s3_sum: str | None) -> None:
 
 
 def make_getter(cfg: Config, limit: int) -> RangeGetter:
-    https = cfg.endpoint is None or cfg.endpoint.startswith("https")
-    ctx = tls_context(cfg.tls_verify, cfg.ca_bundle) if https else None
+    ctx = cfg.ssl_context()
     return RangeGetter(limit, cfg.connect_timeout, cfg.read_timeout, ctx)
 
 

@@ -13,15 +13,13 @@ exist, so memory is bounded by concurrency x 2 x BUF_SIZE whatever the model siz
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -30,10 +28,10 @@ from fetcher.errors import (
     FetchError,
     RangeMismatch,
     SourceError,
-    TLSFailure,
     TransientSourceError,
 )
 from fetcher.source.s3errors import s3_error_from_body
+from fetcher.tls import tls_context, tls_failure
 
 # 2 MiB: half the thread hand-offs and wake-ups of 1 MiB; client CPU 0.44 -> 0.37 s/GiB, same
 # run (issue 7). 16 connections x 2 buffers = 64 MiB, inside the 150 MiB RSS budget.
@@ -445,7 +443,8 @@ class RangeGetter:
                     lambda: _Conn(loop, self.read_timeout, self.writer),
                     host,
                     port,
-                    ssl=self.ssl_context if tls else None,
+                    # Fail closed: an https URL never goes out without a verifying context.
+                    ssl=(self.ssl_context or tls_context(True, None)) if tls else None,
                     server_hostname=host if tls else None,
                 )
         except ssl.SSLError as exc:
@@ -481,37 +480,4 @@ class RangeGetter:
         self.writer.shutdown(wait=True)  # no write may land after the partial is closed
 
 
-def tls_failure(exc: ssl.SSLError, where: str) -> TLSFailure:
-    """One message for a TLS failure, whichever client met it, saying how to fix it."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSFailure(
-            f"TLS certificate of {where} not trusted: {exc.verify_message} "
-            "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
-        )
-    return TLSFailure(f"TLS error with {where}: {exc.reason}")
-
-
-def tls_context(verify: bool, ca_bundle: str | None) -> ssl.SSLContext:
-    """One context per setting and bundle version: loading the certificates costs ~16 ms,
-    and config's check, the control plane and the byte path all want the same one; a rotated
-    bundle (a long-lived sidecar's re-lists) is a new version, loaded again."""
-    version = None
-    if verify and ca_bundle:
-        with suppress(OSError):
-            version = os.stat(ca_bundle).st_mtime_ns
-    return _tls_context(verify, ca_bundle, version)
-
-
-@cache
-def _tls_context(verify: bool, ca_bundle: str | None, _version: int | None) -> ssl.SSLContext:
-    if not verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return (
-        ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
-    )
-
-
-__all__ = ["BUF_SIZE", "RangeGetter", "RangeRequest", "Sink", "SourceError", "tls_context"]
+__all__ = ["BUF_SIZE", "RangeGetter", "RangeRequest", "Sink", "SourceError"]

@@ -33,17 +33,26 @@ from typing import Any
 from fetcher import errors
 from fetcher.cache import directio
 from fetcher.cache.store import os_errors
+from fetcher.config import Config
 from fetcher.errors import FetchError, TransientSourceError, WorkerLost
 from fetcher.observe import log
-from fetcher.transfer.http import RangeGetter, tls_context
+from fetcher.tls import tls_context
+from fetcher.transfer.http import RangeGetter
 from fetcher.transfer.parts import Hooks, PartDownloader, PartTask
 
 _LINE_LIMIT = 1 << 20
 
 
+def split_limit(concurrency: int, workers: int) -> list[int]:
+    """Each worker's share of FETCH_CONCURRENCY, summing to exactly it: the parent holds no
+    semaphore over a worker's requests, so ceil(16 / 3) = 6 each would put 18 in flight."""
+    workers = max(1, min(workers, concurrency))
+    return [concurrency // workers + (i < concurrency % workers) for i in range(workers)]
+
+
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
+    def __init__(self, proc: asyncio.subprocess.Process, limit: int) -> None:
+        self.proc, self.limit = proc, limit
         self.alive = True  # until its output ends
         self.busy = 0
         self.inflight = 0  # as its in-flight hook events say: undone if it dies mid-request
@@ -57,13 +66,13 @@ class WorkerPool:
         self._next_id = 0
 
     @classmethod
-    async def start(cls, cfg: Any, hooks: Hooks) -> WorkerPool:
-        per_worker = -(-cfg.concurrency // cfg.workers)
+    async def start(cls, cfg: Config, hooks: Hooks) -> WorkerPool:
+        limits = split_limit(cfg.concurrency, cfg.workers)
         settings = {
-            "limit": per_worker,
             "retries": cfg.retries,
             "connect_timeout": cfg.connect_timeout,
             "read_timeout": cfg.read_timeout,
+            "https": cfg.https,
             "tls_verify": cfg.tls_verify,
             "ca_bundle": cfg.ca_bundle,
             "log_format": cfg.log_format,
@@ -71,23 +80,23 @@ class WorkerPool:
             "direct_io": cfg.direct_io,
         }
         workers = []
-        for _ in range(cfg.workers):
+        for limit in limits:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "fetcher.transfer.workers",
-                json.dumps(settings),
+                json.dumps({**settings, "limit": limit}),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 limit=_LINE_LIMIT,
             )
-            workers.append(_Worker(proc))
+            workers.append(_Worker(proc, limit))
         pool = cls(workers, hooks)
         for worker in workers:
             worker.reader = asyncio.create_task(pool._read(worker))
         log.event(
             "workers",
-            f"{len(workers)} worker processes, {per_worker} requests each",
+            f"{len(workers)} worker processes, {'/'.join(map(str, limits))} requests each",
             workers=len(workers),
         )
         return pool
@@ -96,7 +105,7 @@ class WorkerPool:
         alive = [w for w in self.workers if w.alive]
         if not alive:
             raise WorkerLost("every worker process has exited (killed, or out of memory?)")
-        worker = min(alive, key=lambda w: w.busy)
+        worker = min(alive, key=lambda w: w.busy / w.limit)
         self._next_id += 1
         ident = self._next_id
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -232,7 +241,8 @@ def _emit(msg: dict[str, Any]) -> None:
 
 
 async def _serve(settings: dict[str, Any]) -> None:
-    ctx = tls_context(settings["tls_verify"], settings["ca_bundle"])
+    # The parent's Config.https decided; the worker only builds the context it was told to.
+    ctx = tls_context(settings["tls_verify"], settings["ca_bundle"]) if settings["https"] else None
     getter = RangeGetter(
         settings["limit"], settings["connect_timeout"], settings["read_timeout"], ctx
     )

@@ -16,17 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetcher.cache.store import safe_rel
-from fetcher.errors import IntegrityError, UnsafeKey
+from fetcher.errors import ManifestError, UnsafeKey
 
 MANIFEST_NAME = ".model-manifest.json"
 FORMAT = "model-fetcher-manifest"
 VERSION = 1
 HASH = "xxh3-128"
 _HEX128 = re.compile(r"[0-9a-f]{32}")
-
-
-class ManifestError(IntegrityError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import pytest
 import xxhash
 
 from devtools.seaweed import SeaweedServer
+from fetcher.config import Config
 from fetcher.errors import CacheError, WorkerLost
 from fetcher.transfer.http import RangeGetter, RangeRequest
 from fetcher.transfer.parts import PartTask
@@ -135,14 +136,18 @@ class _Counting:
     def on_inflight(self, delta: int) -> None: ...
 
 
-def _pool_config() -> Any:
-    class Cfg:
-        concurrency, workers, retries = 4, 2, 3
-        connect_timeout, read_timeout = 5.0, 5.0
-        tls_verify, ca_bundle = True, None
-        log_format, log_level, direct_io = "json", "warning", True
-
-    return Cfg()
+def _pool_config() -> Config:
+    # The workers talk to the test server over plain http: Config.https is False.
+    return Config(
+        dest=Path("/nonexistent"),
+        endpoint="http://127.0.0.1:1",
+        concurrency=4,
+        workers=2,
+        retries=3,
+        connect_timeout=5.0,
+        read_timeout=5.0,
+        log_level="warning",
+    )
 
 
 def test_dead_idle_worker_is_passed_over_and_no_worker_left_fails_at_once(

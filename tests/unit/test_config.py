@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.config import (
-    MiB,
-    load,
-    normalise_prefix,
-    parse_duration,
-    parse_s3_uri,
-    parse_size,
-)
+from fetcher.config import load, normalise_prefix, parse_s3_uri
 from fetcher.errors import EXIT_CONFIG, ConfigError
+from fetcher.units import MiB, parse_duration, parse_size
 from tests.faults.test_tls import make_certs
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fetcher.transfer.engine import Expected, _needs_read_back
+from fetcher.transfer.engine import _needs_read_back
+from fetcher.transfer.plan import Expected
 
 PARTS = ("a" * 32, "b" * 32, "c" * 32)
 
