@@ -1,0 +1,174 @@
+"""The command line: subcommands, flags (each naming its environment variable), help text.
+
+Parsing only: `parse_command_line` returns the command and an argparse namespace, and
+`config.load` turns them, with the environment, into the `Config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any, Literal, NoReturn
+
+from fetcher.errors import ConfigError
+
+Command = Literal["fetch", "sidecar", "verify", "status", "publish"]
+COMMANDS: tuple[Command, ...] = ("fetch", "sidecar", "verify", "status", "publish")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises ConfigError instead of printing usage and exiting with status 2."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # No abbreviations: "--conc" silently meaning --concurrency hides typos.
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError([f"command line: {message}"])
+
+
+# (flag, metavar, environment, help); each flag overrides its environment variables.
+_Flag = tuple[str, str, str, str]
+_SOURCE_FLAGS: tuple[_Flag, ...] = (
+    ("--endpoint", "URL", "MINIO_ENDPOINT, AWS_ENDPOINT_URL, S3_ENDPOINT",
+     "S3 endpoint; without a scheme, https unless S3_USE_HTTPS=0"),
+    ("--bucket", "NAME", "MINIO_BUCKET", "bucket, when no s3:// URI is given"),
+    ("--prefix", "PREFIX", "MODEL_PREFIX", "key prefix of the model, a directory: v1 means v1/"),
+    ("--region", "REGION", "AWS_REGION, AWS_DEFAULT_REGION", "signing region (default us-east-1)"),
+)  # fmt: skip
+_TRANSFER_FLAGS: tuple[_Flag, ...] = (
+    ("--concurrency", "N", "FETCH_CONCURRENCY",
+     "ranged requests in flight for the whole process, 1..1024 (default 16)"),
+    ("--part-size", "SIZE", "FETCH_PART_SIZE",
+     "bytes per ranged request, such as 32MiB, 8M or 65536; 64KiB..5GiB (default 32MiB)"),
+    ("--include", "GLOBS", "FETCH_INCLUDE + STORAGE_ALLOW_PATTERNS",
+     "only keys matching these comma-separated globs; repeatable"),
+    ("--exclude", "GLOBS", "FETCH_EXCLUDE + STORAGE_IGNORE_PATTERNS",
+     "skip keys matching these comma-separated globs; repeatable"),
+    ("--retries", "N", "FETCH_RETRIES", "attempts per part, 1..100 (default 8)"),
+    ("--connect-timeout", "DURATION", "FETCH_CONNECT_TIMEOUT", "e.g. 10s, 500ms (default 10s)"),
+    ("--read-timeout", "DURATION", "FETCH_READ_TIMEOUT", "per socket read (default 60s)"),
+    ("--deadline", "DURATION", "FETCH_DEADLINE", "give up after this long, e.g. 2h (default none)"),
+    ("--workers", "N", "FETCH_WORKERS", "workers sharing the download, 1..64 (default 1)"),
+    ("--verify", "MODE", "FETCH_VERIFY", "fast, or full to rehash every file (default fast)"),
+    ("--metrics-port", "PORT", "METRICS_PORT", "serve /metrics on this port; 0 picks a free one"),
+)  # fmt: skip
+_OUTPUT_FLAGS: tuple[_Flag, ...] = (
+    ("--log-format", "FORMAT", "LOG_FORMAT", "json or text (default json unless stderr is a tty)"),
+    ("--log-level", "LEVEL", "LOG_LEVEL", "debug, info, warning or error (default info)"),
+)
+_DEST_FLAG: _Flag = ("--dest", "DIR", "MODEL_CACHE_DIR", "model directory, when DEST is not given")
+
+_EPILOG = """\
+environment only:
+  MINIO_ACCESS_KEY, MINIO_SECRET_KEY (or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY),
+  AWS_SESSION_TOKEN, awsAnonymousCredential, S3_USE_HTTPS, MINIO_TLS_VERIFY, S3_VERIFY_SSL,
+  MINIO_CA_BUNDLE, AWS_CA_BUNDLE, PUSHGATEWAY_URL, METRICS_TEXTFILE, FETCH_PROGRESS_INTERVAL,
+  FETCH_WATCH_INTERVAL, FETCH_LEASE_TTL, FETCH_TERMINATION_LOG, FETCH_DIRECT_IO, POD_NAME
+Without keys, botocore's credential chain (web identity, shared config) decides.
+The command may be left out: "model-fetcher s3://bucket/prefix/ /mnt/models" fetches."""
+
+USAGE = {
+    "fetch": "model-fetcher [fetch] [SRC_URI DEST] [flags] [-- SERVE_CMD ...]",
+    "sidecar": "model-fetcher sidecar [SRC_URI DEST] [flags]",
+    "verify": "model-fetcher verify [DEST] [--full] [flags]",
+    "status": "model-fetcher status [DEST] [flags]",
+    "publish": "model-fetcher publish LOCAL_DIR s3://BUCKET/PREFIX/ [flags]",
+}
+_SUMMARY = {
+    "fetch": "fill DEST from S3, verify it, then exec SERVE_CMD if given",
+    "sidecar": "fetch, then keep serving /metrics, /healthz and /readyz",
+    "verify": "check the cache; the exit code says whether it is complete and intact",
+    "status": "print the cache state as JSON",
+    "publish": "upload a model directory and its .model-manifest.json",
+}
+_FETCH_EXITS = """exit codes: 0 ok (the serve command, if given, replaces this process); 2 usage or
+configuration; 3 source (auth, no such bucket or prefix, unreachable while the cache is
+incomplete); 4 integrity (checksum, safetensors, shard index); 5 local cache (space,
+permissions); 143 SIGTERM, 130 SIGINT. The reason is one line on stderr and in
+FETCH_TERMINATION_LOG."""
+_COMMAND_EPILOG = {
+    "fetch": _FETCH_EXITS,
+    "verify": """exit codes:
+  0  every recorded file is present and unchanged (--full: and hashes as recorded),
+     and the safetensors headers and shard index check out
+  4  a file missing, changed, corrupt or invalid, or the last fetch did not finish
+  5  the cache state (DEST/.fetcher/state.json) cannot be read; a fetch rebuilds it
+The report is JSON on stdout; each problem is also logged.""",
+}
+
+
+def _add_flags(
+    parser: argparse.ArgumentParser, title: str, flags: Sequence[_Flag]
+) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group(title)
+    for flag, metavar, env, text in flags:
+        action = "append" if flag in ("--include", "--exclude") else "store"
+        group.add_argument(flag, metavar=metavar, action=action, help=f"{text} [env {env}]")
+    return group
+
+
+def _add_command(sub: argparse._SubParsersAction[_Parser], name: Command) -> _Parser:
+    summary = _SUMMARY[name]
+    parser = sub.add_parser(
+        name,
+        usage=USAGE[name],
+        help=summary,
+        description=summary,
+        epilog=_COMMAND_EPILOG.get(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if name in ("fetch", "sidecar"):
+        parser.add_argument("src", nargs="?", metavar="SRC_URI", help="s3://BUCKET/PREFIX/")
+    if name == "publish":
+        parser.add_argument("local_dir", nargs="?", metavar="LOCAL_DIR", help="model to upload")
+        parser.add_argument("src", nargs="?", metavar="S3_URI", help="s3://BUCKET/PREFIX/")
+    else:
+        parser.add_argument("dest_arg", nargs="?", metavar="DEST", help="model directory")
+        _add_flags(parser, "location", [_DEST_FLAG])
+    if name == "verify":
+        parser.add_argument("--full", action="store_true", help="rehash every file")
+    if name in ("fetch", "sidecar", "publish"):
+        _add_flags(parser, "source", _SOURCE_FLAGS)
+        _add_flags(parser, "transfer", _TRANSFER_FLAGS)
+    output = _add_flags(parser, "output", _OUTPUT_FLAGS)
+    output.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction,
+        help="terminal progress bar (default on when stderr is a tty) [env FETCH_PROGRESS]",
+    )  # fmt: skip
+    return parser
+
+
+def build_parser() -> tuple[_Parser, dict[Command, _Parser]]:
+    """The top-level parser (for --help) and one parser per command."""
+    top = _Parser(
+        prog="model-fetcher", epilog=_EPILOG,
+        description="Fill a model cache directory from MinIO/S3, verified, then hand off.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    return top, {name: _add_command(sub, name) for name in COMMANDS}
+
+
+def parse_command_line(argv: Sequence[str]) -> tuple[Command, argparse.Namespace, list[str]]:
+    """Returns the command, its namespace, and problems with the serving command after "--"."""
+    args, problems = list(argv), []
+    serve: list[str] | None = None
+    if "--" in args:
+        cut = args.index("--")
+        args, serve = args[:cut], args[cut + 1 :]
+    top, parsers = build_parser()
+    if args and args[0] in ("-h", "--help"):
+        top.print_help()
+        raise SystemExit(0)
+    command: Command = "fetch"  # KServe passes "SRC_URI DEST" with no command
+    if args and args[0] in parsers:
+        first = args.pop(0)
+        command = next(name for name in COMMANDS if name == first)
+    namespace = parsers[command].parse_intermixed_args(args)
+    namespace.serve_cmd = tuple(serve or ())
+    if serve is not None and command != "fetch":
+        problems.append(f"--: a serving command is only allowed with fetch, not {command}")
+    elif serve == []:
+        problems.append("--: expected a serving command after '--'")
+    return command, namespace, problems
