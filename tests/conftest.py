@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
+from fetcher.cache.layout import META_DIR
 from tests.faults.proxy import FaultProxy
 
 BUCKET = "llm-models"
@@ -157,7 +158,7 @@ def tree(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and ".fetcher" not in p.relative_to(root).parts
+        if p.is_file() and META_DIR not in p.relative_to(root).parts
     }
 
 

@@ -23,7 +23,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from fetcher.cache.store import Cache, os_errors, write_json_atomic
+from fetcher.cache.oserrors import os_errors
+from fetcher.cache.state import write_json_atomic
+from fetcher.cache.store import Cache
 from fetcher.observe import log
 from fetcher.units import MAX_SECONDS
 

@@ -1,155 +1,37 @@
-"""The cache on the PVC: layout, local state, partial files with journals, atomic commit.
+"""The cache on the PVC: reading and saving the state, placing files, recovery and sweeping.
 
-    DEST/<rel>                      model files, only ever complete and verified
-    DEST/.fetcher/state.json        what the fetcher placed (size, etag, xxh3, mtime)
-    DEST/.fetcher/partial/<h>.part  a download in progress (never named *.safetensors)
-    DEST/.fetcher/partial/<h>.json  its journal: etag, size, part size, finished parts
-    DEST/.fetcher/lock, lease.json  one downloader per cache (see lease.py)
-
-OS errors are mapped here into CacheError (exit 5) with the path and, for permissions, the
-UID, so `kubectl describe pod` says what to fix.
+The package's other modules: `layout.py` (every `.fetcher/` path), `keys.py` (which keys may
+become paths), `state.py` (the state's schema and atomic save), `partial.py` (downloads in
+progress and their journals), `oserrors.py` (OS errors as CacheError), `lease.py` (one
+downloader per cache), `directio.py` (O_DIRECT writes and reads).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
-import tempfile
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
-from fetcher.cache import directio
+from fetcher.cache.keys import safe_rel
+from fetcher.cache.layout import Layout
+from fetcher.cache.oserrors import cache_error, os_errors
+from fetcher.cache.partial import Partial, committed_rel
+from fetcher.cache.state import FileState, State, fsync_dir, write_json_atomic
 from fetcher.errors import CacheError, UnsafeKey
 from fetcher.observe import log
-
-META_DIR = ".fetcher"
-STATE_VERSION = 1
-
-
-@dataclass
-class FileState:
-    size: int
-    etag: str
-    xxh3: str
-    mtime_ns: int
-    checksum: str = "none"  # what the bytes were checked against: manifest, s3:<algo>, none
-    # Set when `xxh3` is verify.composite_xxh3 over parts of this size (a file fetched with no
-    # whole-file reference: its digest comes from the stream, not from reading it back).
-    part_size: int | None = None
-
-
-@dataclass
-class State:
-    files: dict[str, FileState] = field(default_factory=dict)
-    source: dict[str, str] = field(default_factory=dict)
-    complete: bool = False
-    last_fetch: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["version"] = STATE_VERSION
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> State:
-        if doc.get("version") != STATE_VERSION:
-            raise ValueError(f"unknown state version {doc.get('version')!r}")
-        files = {_recorded_rel(k): FileState(**v) for k, v in doc["files"].items()}
-        return cls(files, dict(doc["source"]), bool(doc["complete"]), dict(doc["last_fetch"]))
-
-
-def _recorded_rel(rel: object) -> str:
-    """A file entry of the state, held to the rule of keys: a damaged or planted entry must
-    not make a fetch remove, or verify read, a path outside the cache."""
-    try:
-        return safe_rel(str(rel))
-    except UnsafeKey as exc:
-        raise ValueError(f"file entry {rel!r} is not a path inside the cache") from exc
-
-
-@contextmanager
-def os_errors(action: str, path: Path | str) -> Iterator[None]:
-    """Map an OSError into CacheError with a message that names the fix."""
-    try:
-        yield
-    except OSError as exc:
-        raise cache_error(exc, action, path) from exc
-
-
-def cache_error(
-    exc: OSError,
-    action: str,
-    path: Path | str,
-    fix: str = "make the cache volume writable for it, e.g. fsGroup",
-) -> CacheError:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CacheError(
-            f"cannot {action} {path}: {exc.strerror} (running as uid {os.getuid()}; {fix})"
-        )
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CacheError(f"no space left to {action} {path}")
-    return CacheError(f"cannot {action} {path}: {exc.strerror or exc}")
-
-
-def safe_rel(rel: str) -> str:
-    """Refuse a key that could land outside DEST or inside the fetcher's own directory."""
-    if why := _unsafe(rel):
-        raise UnsafeKey(f"refusing unsafe object key {rel!r}: {why}")
-    return rel
-
-
-def _unsafe(rel: str) -> str | None:
-    if any(ord(c) < 32 for c in rel):
-        return "it contains a control character"
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-        return "it would escape the cache directory"
-    if parts[0] == META_DIR:
-        return f"it would land in the fetcher's own {META_DIR}/ directory"
-    return None
-
-
-def write_json_atomic(path: Path, doc: object) -> None:
-    """Write to a temp file, fsync, rename over `path`, fsync the directory."""
-    # A name of its own per write: two writers (a thread still saving when a failure is
-    # recorded) must never share a temp file, or the rename publishes their mix.
-    with os_errors("write", path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with open(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Cache:
     def __init__(self, dest: Path, direct_io: bool = True) -> None:
         self.dest, self.direct_io = dest, direct_io
-        self.meta = dest / META_DIR
-        self.partial_dir = self.meta / "partial"
-        self.state_path = self.meta / "state.json"
+        self.layout = Layout(dest)
+        self.meta = self.layout.meta
+        self.partial_dir = self.layout.partial_dir
+        self.state_path = self.layout.state_path
         self._state_lock = threading.Lock()
 
     def prepare(self) -> None:
@@ -240,7 +122,7 @@ class Cache:
         return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
 
     def _partial_base(self, key: str) -> Path:
-        return self.partial_dir / hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self.layout.partial_base(key)
 
     def commit(self, partial: Partial, rel: str) -> int:
         """Move a finished partial file to its final name; returns its mtime_ns."""
@@ -268,7 +150,7 @@ class Cache:
         unrecorded, so nothing would ever check or prune it. It is removed (fetched again if
         the bucket still has it), and the journal with it."""
         for journal in self.partial_dir.glob("*.json"):
-            rel = _committed_rel(journal)
+            rel = committed_rel(journal)
             if rel is None:
                 continue
             if rel not in state.files:
@@ -282,7 +164,7 @@ class Cache:
         """After a complete fetch, under the lease: partial files and temp files left by a
         crash belong to no download any more; with multi-GB shards they are real space."""
         with suppress(OSError):
-            for path in [*self.partial_dir.iterdir(), *self.meta.glob(".*.tmp")]:
+            for path in [*self.partial_dir.iterdir(), *self.layout.temp_files()]:
                 with suppress(OSError):
                     path.unlink()
 
@@ -300,133 +182,3 @@ class Cache:
             except OSError:
                 return
             directory = directory.parent
-
-
-def _open_own_file(path: Path) -> int:
-    """Open (or create) a file of ours for writing, never through a link planted in its place:
-    it would point the model's bytes, and later its final name, outside the cache."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        return os.open(path, flags, 0o644)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-    path.unlink()
-    return os.open(path, flags, 0o644)
-
-
-def _committed_rel(journal: Path) -> str | None:
-    """The final name a journal's rename went to, if the rename happened."""
-    try:
-        doc = json.loads(journal.read_text(encoding="utf-8"))
-        rel = doc.get("committing")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(rel, str) or journal.with_suffix(".part").exists():
-        return None  # no rename yet: an ordinary resumable partial
-    return rel
-
-
-class Partial:
-    """A preallocated file of the object's size plus a journal of its finished parts."""
-
-    def __init__(
-        self, base: Path, etag: str, size: int, part_size: int, fd: int, direct_fd: int | None
-    ) -> None:
-        self.path = base.with_suffix(".part")
-        self.journal_path = base.with_suffix(".json")
-        self.etag, self.size, self.part_size = etag, size, part_size
-        self.fd, self.direct_fd = fd, direct_fd
-        self.done: dict[int, str] = {}
-        self.committing: str | None = None  # the final name, once the rename is under way
-
-    @classmethod
-    def open(cls, base: Path, etag: str, size: int, part_size: int, direct: bool = True) -> Partial:
-        path = base.with_suffix(".part")
-        with os_errors("create partial file", path):
-            fd = _open_own_file(path)
-        # The bulk bytes bypass the page cache where the file system allows (directio.py).
-        direct_fd = directio.open_direct(path, os.O_RDWR | os.O_NOFOLLOW) if direct else None
-        partial = cls(base, etag, size, part_size, fd, direct_fd)
-        partial.done = partial._resumable_parts()
-        if not partial.done:
-            partial._preallocate()
-        return partial
-
-    def _resumable_parts(self) -> dict[int, str]:
-        """Parts a previous run finished, when it fetched this same object version."""
-        try:
-            doc = json.loads(self.journal_path.read_text(encoding="utf-8"))
-            same = (doc["etag"], doc["size"], doc["part_size"]) == (
-                self.etag,
-                self.size,
-                self.part_size,
-            )
-            size_ok = os.fstat(self.fd).st_size == self.size
-            return {int(k): str(v) for k, v in doc["done"].items()} if same and size_ok else {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
-
-    def _preallocate(self) -> None:
-        with os_errors("allocate", self.path):
-            os.ftruncate(self.fd, 0)
-            if self.size:
-                try:
-                    os.posix_fallocate(self.fd, 0, self.size)
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                        raise
-                    os.ftruncate(self.fd, self.size)  # file systems without fallocate
-        self.write_journal()
-
-    def pwrite(self, data: memoryview, offset: int) -> None:
-        with os_errors("write", self.path):
-            directio.pwrite_all(self.fd, self.direct_fd, data, offset)
-
-    def mark_done(self, index: int, digest: str) -> None:
-        self.done[index] = digest
-        self.write_journal()
-
-    def forget_part(self, index: int) -> None:
-        self.done.pop(index, None)
-        self.write_journal()
-
-    def write_journal(self) -> None:
-        # No fsync: after a crash a journal may claim a part whose bytes were lost with the
-        # page cache; resumed parts are re-hashed against their recorded digest first.
-        doc = {
-            "etag": self.etag,
-            "size": self.size,
-            "part_size": self.part_size,
-            "done": {str(k): v for k, v in self.done.items()},
-            "written": time.time(),
-        }
-        if self.committing is not None:
-            doc["committing"] = self.committing
-        tmp = self.journal_path.with_suffix(".json.tmp")
-        with os_errors("write", self.journal_path):
-            tmp.write_text(json.dumps(doc), encoding="utf-8")
-            os.replace(tmp, self.journal_path)
-
-    def sync(self) -> None:
-        with os_errors("fsync", self.path):
-            os.fsync(self.fd)
-
-    def drop_page_cache(self) -> None:
-        # Written pages count against the pod's memory limit until reclaimed (issue 7).
-        with suppress(OSError, AttributeError):
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-    def close(self) -> None:
-        for fd in (self.fd, self.direct_fd):
-            if fd is not None and fd >= 0:
-                with suppress(OSError):
-                    os.close(fd)
-        self.fd, self.direct_fd = -1, None
-
-    def discard(self) -> None:
-        """Bad bytes are never resumed: remove the partial file and its journal."""
-        self.close()
-        for path in (self.path, self.journal_path):
-            with suppress(FileNotFoundError):
-                path.unlink()

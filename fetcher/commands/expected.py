@@ -8,7 +8,8 @@ import json
 import re
 from collections.abc import Callable, Mapping
 
-from fetcher.cache.store import Cache, write_json_atomic
+from fetcher.cache.state import write_json_atomic
+from fetcher.cache.store import Cache
 from fetcher.errors import ManifestError
 from fetcher.observe import log
 from fetcher.source.base import ControlPlane, RemoteObject

@@ -14,8 +14,10 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+from fetcher.cache.keys import safe_rel
 from fetcher.cache.lease import CacheLease
-from fetcher.cache.store import Cache, FileState, State, safe_rel
+from fetcher.cache.state import FileState, State
+from fetcher.cache.store import Cache
 from fetcher.commands.expected import add_s3_checksums, load_manifest, manifest_jobs
 from fetcher.config import Config
 from fetcher.errors import CacheError, FetchError, SourceUnreachable, UnsafeKey

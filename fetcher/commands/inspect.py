@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fetcher.cache.store import Cache, FileState, State
+from fetcher.cache.state import FileState, State
+from fetcher.cache.store import Cache
 from fetcher.config import Config
 from fetcher.errors import EXIT_OK, FetchError, IntegrityError, UnsafeKey
 from fetcher.observe import log

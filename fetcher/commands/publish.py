@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetcher.cache.store import cache_error, safe_rel
+from fetcher.cache.keys import safe_rel
+from fetcher.cache.layout import META_DIR
+from fetcher.cache.oserrors import cache_error
 from fetcher.config import Config
 from fetcher.errors import CacheError, FetchError
 from fetcher.observe import log
@@ -75,7 +77,7 @@ def _walk(root: Path, folder: Path) -> Iterator[Path]:
     with reading("list", folder), os.scandir(folder) as it:
         entries = [(Path(e.path), e.is_dir(follow_symlinks=False)) for e in it]
     for path, is_dir in entries:
-        if folder == root and path.name == ".fetcher":
+        if folder == root and path.name == META_DIR:
             continue
         yield path
         if is_dir:

@@ -13,7 +13,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from fetcher.cache.store import Cache, FileState, Partial
+from fetcher.cache.partial import Partial
+from fetcher.cache.state import FileState
+from fetcher.cache.store import Cache
 from fetcher.config import Config
 from fetcher.errors import (
     CacheError,

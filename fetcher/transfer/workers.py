@@ -32,7 +32,7 @@ from typing import Any
 
 from fetcher import errors
 from fetcher.cache import directio
-from fetcher.cache.store import os_errors
+from fetcher.cache.oserrors import os_errors
 from fetcher.config import Config
 from fetcher.errors import FetchError, TransientSourceError, WorkerLost
 from fetcher.observe import log

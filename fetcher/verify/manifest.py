@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fetcher.cache.store import safe_rel
+from fetcher.cache.keys import safe_rel
 from fetcher.errors import ManifestError, UnsafeKey
 
 MANIFEST_NAME = ".model-manifest.json"

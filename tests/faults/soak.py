@@ -20,6 +20,7 @@ from pathlib import Path
 
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import boto3_client, start_temporary
+from fetcher.cache.layout import META_DIR
 from tests.faults.proxy import (
     FaultProxy,
     FlipByte,
@@ -66,7 +67,7 @@ def corrupt_files(source: Path, dest: Path) -> int:
             if got.exists() and got.read_bytes() != path.read_bytes():
                 bad += 1
     partial_names = [
-        p for p in dest.rglob("*") if ".fetcher" not in p.parts and p.suffix in (".part", ".tmp")
+        p for p in dest.rglob("*") if META_DIR not in p.parts and p.suffix in (".part", ".tmp")
     ]
     return bad + len(partial_names)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.seaweed import SeaweedServer, free_port
+from fetcher.cache.layout import Layout
 from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy, Status
 from tests.faults.test_reliability import mount_tmpfs
@@ -46,7 +47,7 @@ def test_interrupted_fetch_resumes_on_a_volume_without_room_for_two_copies(
         env = {**pod_env(s3_server, prefix, dest), "FETCH_PART_SIZE": str(PART)}
         first = run_fetcher([], {**env, "MINIO_ENDPOINT": proxy.endpoint, "FETCH_RETRIES": "2"})
         assert first.code == 3, first.stderr
-        assert len(list((dest / ".fetcher" / "partial").glob("*.part"))) == 1
+        assert len(list(Layout(dest).partial_dir.glob("*.part"))) == 1
         # 4 MiB held by the partial file, 2 MiB free: the resume needs no more than that.
         again = run_fetcher([], env)
         assert again.code == 0, again.stderr
@@ -69,10 +70,10 @@ def test_link_planted_in_place_of_a_partial_file_is_not_followed(
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"not yours")
     (dest / "model.bin").unlink()
-    state = dest / ".fetcher" / "state.json"
+    state = Layout(dest).state_path
     state.unlink()
     name = hashlib.sha256((prefix + "model.bin").encode()).hexdigest()[:32]
-    (dest / ".fetcher" / "partial" / f"{name}.part").symlink_to(victim)
+    (Layout(dest).partial_dir / f"{name}.part").symlink_to(victim)
     res = fetch(FETCH_PART_SIZE=str(PART))
     assert res.code == 0, res.stderr
     assert victim.read_bytes() == b"not yours"
@@ -87,7 +88,7 @@ def test_state_naming_a_path_outside_the_cache_is_rebuilt(
     assert fetch().code == 0
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"keep me")
-    state_path = dest / ".fetcher" / "state.json"
+    state_path = Layout(dest).state_path
     doc = json.loads(state_path.read_text())
     doc["files"]["../outside.bin"] = dict(doc["files"]["config.json"], size=7)
     state_path.write_text(json.dumps(doc))
@@ -110,7 +111,7 @@ def test_key_the_fetcher_refuses_can_be_excluded(
     res = fetch(FETCH_EXCLUDE=".fetcher/*")
     assert res.code == 0, res.stderr
     assert tree(dest) == {"config.json": b"{}"}
-    assert json.loads((dest / ".fetcher" / "state.json").read_text())["complete"] is True
+    assert json.loads(Layout(dest).state_path.read_text())["complete"] is True
 
 
 def test_keys_that_make_one_name_a_file_and_a_folder_are_refused_before_any_download(
@@ -151,10 +152,10 @@ def test_dest_that_is_a_file_or_a_dangling_link_is_named_as_such(
 
 CRASH_AFTER = """
 import os, sys
-from fetcher.cache import store as cache
+from fetcher.cache import partial, store
 step, when, calls = sys.argv[1], sys.argv[2], {"n": 0}
 sys.argv[1:] = []  # the rest of the command line is the fetcher's
-owner = cache.Partial if step == "mark_done" else cache.Cache
+owner = partial.Partial if step == "mark_done" else store.Cache
 real = getattr(owner, step)
 
 def crashing(self, *args):
@@ -191,7 +192,7 @@ def test_file_renamed_into_place_but_never_recorded_is_not_left_behind(
     # config.json may have been mid-commit too (commits run in threads): removed, fetched again.
     removed = [e["msg"] for e in res.events("commit_unrecorded")]
     assert "removed tokenizer.json: placed but never recorded" in removed
-    assert list((dest / ".fetcher" / "partial").iterdir()) == []
+    assert list(Layout(dest).partial_dir.iterdir()) == []
 
 
 def test_partial_files_of_a_crashed_run_are_swept_after_a_complete_fetch(
@@ -201,13 +202,13 @@ def test_partial_files_of_a_crashed_run_are_swept_after_a_complete_fetch(
     put("b.bin", os.urandom(8 * PART))
     env = {**pod_env(s3_server, prefix, dest), "FETCH_PART_SIZE": str(PART)}
     assert crash_after(env, "mark_done", "6") == 9
-    assert list((dest / ".fetcher" / "partial").glob("*.part"))
+    assert list(Layout(dest).partial_dir.glob("*.part"))
     s3.delete_object(Bucket=BUCKET, Key=prefix + "b.bin")  # its partial belongs to no download
     res = run_fetcher([], env)
     assert res.code == 0, res.stderr
     assert sorted(tree(dest)) == ["a.bin"]
-    assert list((dest / ".fetcher" / "partial").iterdir()) == []
-    assert not list((dest / ".fetcher").glob(".*.tmp"))
+    assert list(Layout(dest).partial_dir.iterdir()) == []
+    assert not list(Layout(dest).meta.glob(".*.tmp"))
 
 
 def test_verify_full_rehashes_before_serving_offline(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from devtools.seaweed import SeaweedServer, free_port
+from fetcher.cache.layout import META_DIR, Layout
 from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import (
     Callback,
@@ -33,7 +34,7 @@ PART = 256 * 1024
 
 def no_partial_under_final_names(dest: Path) -> None:
     for path in dest.rglob("*"):
-        assert not path.name.endswith((".part", ".tmp")) or ".fetcher" in path.parts
+        assert not path.name.endswith((".part", ".tmp")) or META_DIR in path.parts
 
 
 @pytest.mark.parametrize(
@@ -221,7 +222,7 @@ def test_corrupt_state_is_reported_by_verify_and_rebuilt_by_fetch(
 ) -> None:
     put("config.json", b"{}")
     assert fetch().code == 0
-    state_path = dest / ".fetcher" / "state.json"
+    state_path = Layout(dest).state_path
     state_path.write_text("{not json")
     # The read-only commands cannot repair it: exit 5, one line naming the file and the fix.
     for command in ("verify", "status"):
@@ -258,7 +259,7 @@ def popen_fetcher(env: dict[str, str]) -> subprocess.Popen[str]:
 def wait_for_parts(dest: Path, n: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for journal in (dest / ".fetcher" / "partial").glob("*.json"):
+        for journal in Layout(dest).partial_dir.glob("*.json"):
             try:
                 if len(json.loads(journal.read_text())["done"]) >= n:
                     return
@@ -350,8 +351,8 @@ def test_stale_lease_is_taken_over_and_fresh_one_waited_for(
     dest: Path,
 ) -> None:
     put("config.json", b"{}")
-    (dest / ".fetcher").mkdir(parents=True)
-    lease = dest / ".fetcher" / "lease.json"
+    Layout(dest).meta.mkdir(parents=True)
+    lease = Layout(dest).lease_path
     ghost = {"holder": "old-pod", "host": "node-that-died", "pid": 1, "ttl": 2}
     lease.write_text(json.dumps({**ghost, "heartbeat": time.time() - 60}))
     res = fetch()
@@ -487,8 +488,8 @@ def test_lease_with_a_heartbeat_beyond_its_ttl_in_the_future_is_taken_over(
 ) -> None:
     """A dead holder whose clock ran ahead (or a damaged lease) must not be waited for."""
     put("config.json", b"{}")
-    (dest / ".fetcher").mkdir(parents=True)
-    lease = dest / ".fetcher" / "lease.json"
+    Layout(dest).meta.mkdir(parents=True)
+    lease = Layout(dest).lease_path
     ghost = {"holder": "old-pod", "host": "node-ahead", "pid": 1, "ttl": ttl}
     lease.write_text(json.dumps({**ghost, "heartbeat": time.time() + ahead}))
     res = fetch(FETCH_DEADLINE="20s")
@@ -506,8 +507,8 @@ def test_lease_with_a_heartbeat_ahead_within_its_ttl_is_waited_for(
 ) -> None:
     """Clock skew smaller than the TTL is tolerated: the holder may be alive."""
     put("config.json", b"{}")
-    (dest / ".fetcher").mkdir(parents=True)
-    lease = dest / ".fetcher" / "lease.json"
+    Layout(dest).meta.mkdir(parents=True)
+    lease = Layout(dest).lease_path
     ghost = {"holder": "old-pod", "host": "node-ahead", "pid": 1, "ttl": 2}
     lease.write_text(json.dumps({**ghost, "heartbeat": time.time() + 1.5}))
     began = time.monotonic()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.seaweed import SeaweedServer
+from fetcher.cache.layout import Layout
 from tests.conftest import BUCKET, Result, metric, tree
 from tests.faults.proxy import FaultProxy
 
@@ -17,7 +18,7 @@ PART = 256 * 1024  # small parts make multi-part files cheap to test
 
 
 def state(dest: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((dest / ".fetcher" / "state.json").read_text())
+    doc: dict[str, Any] = json.loads(Layout(dest).state_path.read_text())
     return doc
 
 
@@ -42,7 +43,7 @@ def test_cold_fetch_sizes_are_byte_identical(
     st = state(dest)
     assert st["complete"] is True
     assert {rel: f["size"] for rel, f in st["files"].items()} == sizes_by_file(files)
-    assert not list((dest / ".fetcher" / "partial").iterdir())
+    assert not list(Layout(dest).partial_dir.iterdir())
     total = sum(sizes.values())
     assert f'model_fetcher_bytes_downloaded_total{{bucket="{BUCKET}"' in textfile.read_text()
     assert metric(textfile, "model_fetcher_bytes_downloaded_total") == total

@@ -16,6 +16,7 @@ import xxhash
 
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, boto3_client
+from fetcher.cache.layout import Layout
 from fetcher.verify.checks import xxh3_file
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
@@ -84,13 +85,13 @@ def model_files(root: Path) -> dict[str, bytes]:
 
 
 def state(dest: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((dest / ".fetcher" / "state.json").read_text())
+    doc: dict[str, Any] = json.loads(Layout(dest).state_path.read_text())
     return doc
 
 
 def resumable(dest: Path, etag: str) -> list[str]:
     """Journals of partial downloads of the object version `etag`: what a rerun would resume."""
-    partial = dest / ".fetcher" / "partial"
+    partial = Layout(dest).partial_dir
     if not partial.is_dir():
         return []
     found = []
@@ -132,7 +133,7 @@ def test_publish_then_fetch_round_trip(
     assert res.code == 0, res.stderr
     assert tree(dest) == model_files(model)  # the manifest is not among the model files
     assert not (dest / MANIFEST_NAME).exists()
-    kept = json.loads((dest / ".fetcher" / "manifest.json").read_text())
+    kept = json.loads(Layout(dest).manifest_copy.read_text())
     assert Manifest.loads(kept["body"]) == doc
     st = state(dest)
     assert st["complete"] is True

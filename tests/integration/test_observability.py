@@ -33,6 +33,7 @@ import xxhash
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.seaweed import SeaweedServer
+from fetcher.cache.layout import Layout
 from fetcher.observe.progress import Progress
 from tests.conftest import BUCKET, Result, pod_env, tree
 from tests.faults.proxy import Fault, FaultProxy, Throttle
@@ -381,7 +382,7 @@ def test_sidecar_watch_reports_drift_and_leaves_files_alone(
     env |= {"METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"}
     run = popen("sidecar", env={**env, "FETCH_WATCH_INTERVAL": "200ms"})
     wait_for(lambda: http_get(port, "/readyz")[0] == 200)
-    state_before = (dest / ".fetcher" / "state.json").read_bytes()
+    state_before = Layout(dest).state_path.read_bytes()
 
     def drift() -> float:
         return value(http_get(port, "/metrics")[1], "model_fetcher_remote_drift_files")
@@ -391,7 +392,7 @@ def test_sidecar_watch_reports_drift_and_leaves_files_alone(
     s3.put_object(Bucket=BUCKET, Key=prefix + "model.bin", Body=data[::-1])
     wait_for(lambda: drift() == 1, timeout=10)
     assert tree(dest) == files
-    assert (dest / ".fetcher" / "state.json").read_bytes() == state_before
+    assert Layout(dest).state_path.read_bytes() == state_before
     assert http_get(port, "/readyz")[0] == 200, "drift must not take a serving model out"
     time.sleep(0.5)  # more re-lists that find the same drift
     assert drift() == 1 and tree(dest) == files
@@ -632,7 +633,7 @@ def test_status_shows_a_finish_time_beyond_any_date_as_recorded(
 ) -> None:
     put("config.json", b"{}")
     assert fetch().code == 0
-    state_path = dest / ".fetcher" / "state.json"
+    state_path = Layout(dest).state_path
     state = json.loads(state_path.read_text())
     state["last_fetch"]["finished"] = 1e300
     state_path.write_text(json.dumps(state))

@@ -37,6 +37,7 @@ import pytest
 
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, boto3_client, free_port, start_temporary
+from fetcher.cache.layout import META_DIR
 
 from .manifests import (
     CONTAINER,
@@ -278,7 +279,7 @@ def model_tree(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and ".fetcher" not in p.relative_to(root).parts
+        if p.is_file() and META_DIR not in p.relative_to(root).parts
     }
 
 
