@@ -28,7 +28,8 @@ from fetcher.source.base import ControlPlane, RemoteObject
 from fetcher.source.factory import open_source
 from fetcher.transfer.engine import Transfer
 from fetcher.transfer.plan import Job
-from fetcher.verify.checks import check_model, file_digest
+from fetcher.verify.checks import check_model
+from fetcher.verify.hashes import file_digest
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 
 

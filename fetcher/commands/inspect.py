@@ -15,7 +15,8 @@ from fetcher.cache.store import Cache
 from fetcher.config import Config
 from fetcher.errors import EXIT_OK, FetchError, IntegrityError, UnsafeKey
 from fetcher.observe import log
-from fetcher.verify.checks import check_model, file_digest
+from fetcher.verify.checks import check_model
+from fetcher.verify.hashes import file_digest
 
 
 def verify_command(cfg: Config) -> int:

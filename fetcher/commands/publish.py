@@ -23,7 +23,8 @@ from fetcher.errors import CacheError, FetchError
 from fetcher.observe import log
 from fetcher.source.boto import Source
 from fetcher.tasks import run_all
-from fetcher.verify.checks import check_model, part_hashes
+from fetcher.verify.checks import check_model
+from fetcher.verify.hashes import part_hashes
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestFile
 
 _MIN_UPLOAD_PART = 8 << 20  # S3 multipart parts must be >= 5 MiB (all but the last)

@@ -34,7 +34,8 @@ from fetcher.transfer.http import RangeGetter
 from fetcher.transfer.parts import Part, PartDownloader, PartTask, plan_parts
 from fetcher.transfer.plan import Expected, Job
 from fetcher.transfer.workers import WorkerPool
-from fetcher.verify.checks import FileDigests, check_safetensors, composite_xxh3, xxh3_range
+from fetcher.verify.hashes import FileDigests, composite_xxh3, xxh3_range
+from fetcher.verify.safetensors import check_safetensors
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
 # A part whose bytes fail the manifest is fetched once more: TCP and TLS make a flip in transit

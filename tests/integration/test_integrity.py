@@ -17,7 +17,7 @@ import xxhash
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, boto3_client
 from fetcher.cache.layout import Layout
-from fetcher.verify.checks import xxh3_file
+from fetcher.verify.hashes import xxh3_file
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import Callback, FaultProxy, FlipByte

@@ -14,7 +14,7 @@ import pytest
 from fetcher.cache import directio
 from fetcher.cache.directio import ALIGN, aligned_buffer, open_direct, pread_into, pwrite_all
 from fetcher.cache.store import Cache
-from fetcher.verify.checks import composite_xxh3, file_digest, xxh3_range
+from fetcher.verify.hashes import composite_xxh3, file_digest, xxh3_range
 
 SIZE = 3 * 1024 * 1024 + 777
 

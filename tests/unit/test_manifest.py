@@ -15,7 +15,7 @@ from fetcher.commands.expected import manifest_jobs, s3_expected
 from fetcher.commands.publish import local_files, upload_part_size
 from fetcher.errors import EXIT_INTEGRITY, CacheError, IntegrityError, UnsafeKey
 from fetcher.source.base import RemoteObject
-from fetcher.verify.checks import part_hashes
+from fetcher.verify.hashes import part_hashes
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestError, ManifestFile
 
 MiB = 1 << 20

@@ -16,16 +16,10 @@ from safetensors.numpy import save_file
 
 from devtools.sample_model import write_sample_model
 from fetcher.errors import CacheError, InvalidModel
-from fetcher.verify import checks as verify
-from fetcher.verify.checks import (
-    check_index,
-    check_model,
-    check_safetensors,
-    part_hashes,
-    safetensors_tensors,
-    xxh3_file,
-    xxh3_range,
-)
+from fetcher.verify import hashes as verify
+from fetcher.verify.checks import check_model
+from fetcher.verify.hashes import part_hashes, xxh3_file, xxh3_range
+from fetcher.verify.safetensors import check_index, check_safetensors, safetensors_tensors
 
 
 def h(data: bytes) -> str:
