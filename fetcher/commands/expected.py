@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 from fetcher.cache.state import write_json_atomic
 from fetcher.cache.store import Cache
-from fetcher.errors import ManifestError
+from fetcher.errors import ManifestError, ObjectNotFound
 from fetcher.observe import log
 from fetcher.source.base import ControlPlane, RemoteObject
 from fetcher.tasks import run_all
@@ -85,8 +85,10 @@ async def add_s3_checksums(src: ControlPlane, jobs: list[Job]) -> None:
 
     async def one(job: Job) -> None:
         async with inflight:
-            sums = await src.head_checksums(job.obj.key)
-        expected = s3_expected(sums)
+            head = await src.head(job.obj.key, checksums=True)
+        if head is None:
+            raise ObjectNotFound(f"{job.obj.rel} was deleted from the bucket while being fetched")
+        expected = s3_expected(head.checksums)
         if expected is None:
             unverified.append(job.obj.rel)
         else:

@@ -177,8 +177,7 @@ class _Uploader:
         head = await self.src.head(key)
         if head is None:
             return False
-        same_size = int(head.get("ContentLength", -1)) == entry.size
-        return same_size and head.get("Metadata", {}).get("xxh3") == entry.xxh3
+        return head.size == entry.size and head.metadata.get("xxh3") == entry.xxh3
 
     async def _multipart(
         self, f: LocalFile, key: str, meta: dict[str, str], part_size: int

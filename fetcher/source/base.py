@@ -16,9 +16,9 @@ with -X importtime and cProfile: 0.25 s of imports, 0.08 s of client creation), 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Protocol
 
 from fetcher.errors import ObjectNotFound
 
@@ -31,6 +31,33 @@ class RemoteObject:
     rel: str
     size: int
     etag: str
+
+
+CHECKSUM_NAMES = {  # header suffix -> S3's field name (as botocore spells it)
+    "sha256": "ChecksumSHA256",
+    "crc32": "ChecksumCRC32",
+    "crc32c": "ChecksumCRC32C",
+    "sha1": "ChecksumSHA1",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectHead:
+    """A HEAD answer, the same whichever control plane asked."""
+
+    size: int
+    etag: str
+    metadata: Mapping[str, str] = field(default_factory=dict)  # x-amz-meta-*, names lower-case
+    # Full-object checksums only, by S3's field name (ChecksumSHA256, ...), base64 as S3 sends.
+    checksums: Mapping[str, str] = field(default_factory=dict)
+
+
+def full_object_checksums(values: Mapping[str, str], checksum_type: str | None) -> dict[str, str]:
+    """The checksums that are of the bytes themselves: a composite multipart checksum (type
+    COMPOSITE) is a checksum of part checksums and cannot be compared with a download."""
+    if (checksum_type or "FULL_OBJECT") != "FULL_OBJECT":
+        return {}
+    return {name: value for name, value in values.items() if value}
 
 
 def listed_object(key: str, size: int, etag: str, prefix: str) -> RemoteObject | None:
@@ -56,9 +83,9 @@ class ControlPlane(Protocol):
 
     async def list_prefix(self, prefix: str) -> list[RemoteObject]: ...
 
-    async def head(self, key: str) -> Mapping[str, Any] | None: ...
-
-    async def head_checksums(self, key: str) -> Mapping[str, str]: ...
+    async def head(self, key: str, *, checksums: bool = False) -> ObjectHead | None:
+        """HEAD `key` (None when there is no such object); `checksums` asks S3 for them."""
+        ...
 
     async def get_bytes(self, key: str, etag: str | None = None) -> bytes: ...
 

@@ -35,7 +35,14 @@ from fetcher.errors import (
     SourceUnreachable,
     TLSFailure,
 )
-from fetcher.source.base import RemoteObject, listed_object, nonempty
+from fetcher.source.base import (
+    CHECKSUM_NAMES,
+    ObjectHead,
+    RemoteObject,
+    full_object_checksums,
+    listed_object,
+    nonempty,
+)
 from fetcher.source.s3errors import map_s3_error
 
 
@@ -143,15 +150,6 @@ class Source:
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._map(exc, f"list {where}") from exc
 
-    async def head_checksums(self, key: str) -> Mapping[str, str]:
-        """S3's own full-object checksums of `key` (ChecksumMode=ENABLED), if it has any."""
-        resp = await self._call("head", "head_object", Key=key, ChecksumMode="ENABLED")
-        names = ("ChecksumSHA256", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1")
-        kind = str(resp.get("ChecksumType", "FULL_OBJECT"))
-        if kind != "FULL_OBJECT":
-            return {}  # a composite multipart checksum is not a checksum of the bytes
-        return {n: str(resp[n]) for n in names if resp.get(n)}
-
     async def get_bytes(self, key: str, etag: str | None = None) -> bytes:
         """A whole small object (the manifest) in memory."""
         extra = {"IfMatch": etag} if etag else {}
@@ -178,13 +176,21 @@ class Source:
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._map(exc, f"{what} s3://{self.bucket}/{params.get('Key', '')}") from exc
 
-    async def head(self, key: str) -> Mapping[str, Any] | None:
+    async def head(self, key: str, *, checksums: bool = False) -> ObjectHead | None:
         """HEAD `key`, or None when there is no such object."""
+        extra = {"ChecksumMode": "ENABLED"} if checksums else {}
         try:
-            resp: Mapping[str, Any] = await self._call("head", "head_object", Key=key)
+            resp: Mapping[str, Any] = await self._call("head", "head_object", Key=key, **extra)
         except ObjectNotFound:
             return None
-        return resp
+        found = {name: str(resp.get(name) or "") for name in CHECKSUM_NAMES.values()}
+        kind = resp.get("ChecksumType")
+        return ObjectHead(
+            size=int(resp.get("ContentLength", 0)),
+            etag=str(resp.get("ETag", "")),
+            metadata={str(k).lower(): str(v) for k, v in resp.get("Metadata", {}).items()},
+            checksums=full_object_checksums(found, None if kind is None else str(kind)),
+        )
 
     async def put(self, key: str, data: bytes, meta: Mapping[str, str]) -> None:
         await self._call("put", "put_object", Key=key, Body=data, Metadata=dict(meta))

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any
 from urllib.parse import quote, unquote_plus, urlencode
 from xml.etree import ElementTree
 
@@ -32,7 +31,14 @@ from fetcher.errors import (
     TLSFailure,
     TransientSourceError,
 )
-from fetcher.source.base import RemoteObject, listed_object, nonempty
+from fetcher.source.base import (
+    CHECKSUM_NAMES,
+    ObjectHead,
+    RemoteObject,
+    full_object_checksums,
+    listed_object,
+    nonempty,
+)
 from fetcher.source.s3errors import s3_error_from_body
 from fetcher.tasks import in_daemon_thread
 from fetcher.tls import tls_failure
@@ -151,32 +157,21 @@ class SignedSource:
         )
         return {k.lower(): v for k, v in found.items()}
 
-    async def head(self, key: str) -> Mapping[str, Any] | None:
+    async def head(self, key: str, *, checksums: bool = False) -> ObjectHead | None:
+        mode = {"x-amz-checksum-mode": "ENABLED"} if checksums else None
         try:
-            lower = await self._head(key)
+            lower = await self._head(key, mode)
         except ObjectNotFound:
             return None
-        return {
-            "ContentLength": int(lower.get("content-length", "0")),
-            "ETag": lower.get("etag", ""),
-            "Metadata": _user_metadata(lower),
+        found = {
+            name: lower.get(f"x-amz-checksum-{algo}", "") for algo, name in CHECKSUM_NAMES.items()
         }
-
-    async def head_checksums(self, key: str) -> Mapping[str, str]:
-        lower = await self._head(key, {"x-amz-checksum-mode": "ENABLED"})
-        if lower.get("x-amz-checksum-type", "FULL_OBJECT") != "FULL_OBJECT":
-            return {}  # a composite multipart checksum is not a checksum of the bytes
-        names = {
-            "sha256": "ChecksumSHA256",
-            "crc32": "ChecksumCRC32",
-            "crc32c": "ChecksumCRC32C",
-            "sha1": "ChecksumSHA1",
-        }
-        return {
-            name: lower[f"x-amz-checksum-{algo}"]
-            for algo, name in names.items()
-            if lower.get(f"x-amz-checksum-{algo}")
-        }
+        return ObjectHead(
+            size=int(lower.get("content-length", "0")),
+            etag=lower.get("etag", ""),
+            metadata=_user_metadata(lower),
+            checksums=full_object_checksums(found, lower.get("x-amz-checksum-type")),
+        )
 
     async def get_bytes(self, key: str, etag: str | None = None) -> bytes:
         headers = {"If-Match": etag} if etag else {}

@@ -144,7 +144,7 @@ class Transfer:
         head = await self.source.head(obj.key)
         if head is None:
             raise ObjectNotFound(f"{obj.rel} was deleted from the bucket while being fetched")
-        new = RemoteObject(obj.key, obj.rel, int(head["ContentLength"]), str(head["ETag"]))
+        new = RemoteObject(obj.key, obj.rel, head.size, head.etag)
         expected = job.expected
         if expected.parts and new.size != obj.size:
             raise ChecksumMismatch(
