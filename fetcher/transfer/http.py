@@ -6,6 +6,10 @@ on uvloop that fills a 1 MiB buffer and `pwrite`s it costs ~0.5-0.6 CPU-s/GiB (i
 server shares those cores, so client CPU is throughput. botocore still signs (presigned URLs),
 lists and handles the control plane; this module only speaks the HTTP/1.1 of one GET.
 
+    framing.py   request bytes, response head, the Content-Range check (pure)
+    buffers.py   the two buffers of a connection and the order of their writes
+    http.py      `_Conn`, one keep-alive connection as a state machine; `RangeGetter`, the pool
+
 Each connection owns two buffers of BUF_SIZE bytes, and at most `concurrency` connections
 exist, so memory is bounded by concurrency x 2 x BUF_SIZE whatever the model size.
 """
@@ -13,49 +17,43 @@ exist, so memory is bounded by concurrency x 2 x BUF_SIZE whatever the model siz
 from __future__ import annotations
 
 import asyncio
-import re
+import enum
 import socket
 import ssl
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
 
-from fetcher.cache.directio import aligned_buffer
-from fetcher.errors import (
-    FetchError,
-    RangeMismatch,
-    SourceError,
-    TransientSourceError,
-)
+from fetcher.errors import FetchError, RangeMismatch, TransientSourceError
 from fetcher.source.s3errors import s3_error_from_body
 from fetcher.tls import tls_context, tls_failure
+from fetcher.transfer.buffers import BUF_SIZE, DoubleBuffer
+from fetcher.transfer.framing import (
+    MAX_ERROR_BODY,
+    MAX_HEAD,
+    RangeRequest,
+    Sink,
+    check_range,
+    parse_head,
+    request_bytes,
+)
 
-# 2 MiB: half the thread hand-offs and wake-ups of 1 MiB; client CPU 0.44 -> 0.37 s/GiB, same
-# run (issue 7). 16 connections x 2 buffers = 64 MiB, inside the 150 MiB RSS budget.
-BUF_SIZE = 2 << 20
-_MAX_HEAD = 64 << 10
-_MAX_ERROR_BODY = 64 << 10
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
-# A sink receives each buffer-full of body bytes with the absolute object offset it starts at.
-Sink = Callable[[memoryview, int], None]
+class ConnState(enum.Enum):
+    """Where a connection is in its current request.
 
+    IDLE -> HEAD (request sent) -> BODY (206/200 head checked) -> DONE, or
+                                -> ERROR (a non-2xx head: reading the error body) -> FAILED;
+    any state -> FAILED on a protocol error, timeout, reset or failed write.
+    """
 
-@dataclass(frozen=True, slots=True)
-class RangeRequest:
-    url: str  # presigned GET
-    key: str  # for messages only
-    etag: str
-    start: int
-    end: int  # inclusive; for a zero-byte object, start=0 and end=-1 (no Range header)
-    size: int  # the whole object's size, checked against Content-Range
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
+    IDLE = "idle"
+    HEAD = "head"
+    BODY = "body"
+    ERROR = "error"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class _Conn(asyncio.BufferedProtocol):
@@ -64,28 +62,23 @@ class _Conn(asyncio.BufferedProtocol):
     def __init__(
         self, loop: asyncio.AbstractEventLoop, read_timeout: float, writer: Executor | None
     ) -> None:
-        self.loop, self.read_timeout, self.writer = loop, read_timeout, writer
-        # Two buffers: one fills from the socket while the other is written by a thread, so
-        # the loop keeps draining sockets while the kernel's write path is slow.
-        # Page-aligned (mmap) so a full buffer can be written with O_DIRECT (directio.py).
-        self.bufs = (aligned_buffer(BUF_SIZE), aligned_buffer(BUF_SIZE))
-        self.buf = self.bufs[0]
-        self.view = memoryview(self.buf)
-        self.writing: asyncio.Future[None] | None = None
-        self._then: list[Callable[[], object]] = []
+        self.loop, self.read_timeout = loop, read_timeout
+        self.out = DoubleBuffer(loop, writer, self._fail)
         self.paused = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._reset()
 
+    @property
+    def bufs(self) -> tuple[object, ...]:
+        return self.out.bufs
+
     def _reset(self) -> None:
-        self.state = "idle"
-        self.pos = 0
+        self.state = ConnState.IDLE
+        self.pos = 0  # bytes in the current buffer
         self.req: RangeRequest | None = None
-        self.sink: Sink | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.remaining = 0
-        self.offset = 0
+        self.remaining = 0  # body bytes not yet handed to the sink
         self.keep_alive = True
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -95,21 +88,21 @@ class _Conn(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.state == "body":
-            return self.view[self.pos : min(BUF_SIZE, self.remaining)]
+        if self.state is ConnState.BODY:
+            return self.out.view[self.pos : min(BUF_SIZE, self.remaining)]
         if self.pos >= BUF_SIZE:  # head or error body too large: drop, the check fails it
             self.pos = 0
-        return self.view[self.pos :]
+        return self.out.view[self.pos :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_read = self.loop.time()
         self.pos += nbytes
         try:
-            if self.state == "head":
+            if self.state is ConnState.HEAD:
                 self._on_head_bytes()
-            elif self.state == "body":
+            elif self.state is ConnState.BODY:
                 self._on_body_bytes(nbytes)
-            elif self.state == "error":
+            elif self.state is ConnState.ERROR:
                 self._on_error_bytes()
             else:
                 self._fail(TransientSourceError("unexpected bytes on an idle connection"))
@@ -121,17 +114,17 @@ class _Conn(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.state == "error":
+        if self.state is ConnState.ERROR:
             self._finish_error()
-        elif self.state in ("head", "body"):
+        elif self.state in (ConnState.HEAD, ConnState.BODY):
             lost = TransientSourceError(self._lost_message(exc), reason=self._lost_reason(exc))
-            self._after_write(partial(self._flush_and_fail, lost))
+            self.out.after_write(partial(self._flush_and_fail, lost))
 
     # -- request ---------------------------------------------------------------------
     async def request(self, req: RangeRequest, sink: Sink) -> None:
         assert self.transport is not None
-        self.req, self.sink, self.state = req, sink, "head"
-        self.offset, self.writing, self._then = req.start, None, []
+        self.req, self.state = req, ConnState.HEAD
+        self.out.start(sink, req.start)
         if self.paused and not self.closed:
             self.paused = False
             self.transport.resume_reading()
@@ -139,14 +132,13 @@ class _Conn(asyncio.BufferedProtocol):
         self.last_read = self.loop.time()
         self._timer = self.loop.call_later(self.read_timeout, self._check_idle)
         try:
-            self.transport.write(_request_bytes(req))
+            self.transport.write(request_bytes(req))
             await self.waiter
         except asyncio.CancelledError:
             # The caller may close the file, or open another in its place under the same fd
             # number, once this returns: no write of ours may land after that.
             self._fail(TransientSourceError("cancelled", reason="cancelled"))
-            if self.writing is not None and not self.writing.done():
-                await asyncio.wait([self.writing])
+            await self.out.settle()
             raise
         finally:
             self._timer.cancel()
@@ -163,35 +155,36 @@ class _Conn(asyncio.BufferedProtocol):
             stalled = TransientSourceError(
                 f"no bytes for {self.read_timeout:g}s", reason="read_timeout"
             )
-            self._after_write(partial(self._flush_and_fail, stalled))
+            self.out.after_write(partial(self._flush_and_fail, stalled))
         else:
             self._timer = self.loop.call_later(self.read_timeout - idle, self._check_idle)
 
     # -- response head -----------------------------------------------------------------
     def _on_head_bytes(self) -> None:
-        end = self.buf.find(b"\r\n\r\n", 0, self.pos)
+        buf, view = self.out.buf, self.out.view
+        end = buf.find(b"\r\n\r\n", 0, self.pos)
         if end < 0:
-            if self.pos >= _MAX_HEAD:
+            if self.pos >= MAX_HEAD:
                 raise TransientSourceError("response head too large", reason="protocol")
             return
-        self.status, self.headers = _parse_head(bytes(self.view[:end]))
+        self.status, self.headers = parse_head(bytes(view[:end]))
         if self.headers.get("connection", "").lower() == "close":
             self.keep_alive = False
         rest = self.pos - (end + 4)
         # bytes(): the ranges overlap, and mmap slice assignment is a plain memcpy.
-        self.buf[:rest] = bytes(self.view[end + 4 : self.pos])
+        buf[:rest] = bytes(view[end + 4 : self.pos])
         self.pos = rest
         if self.status in (200, 206):
             self._start_body()
         else:
-            self.state = "error"
+            self.state = ConnState.ERROR
             self._on_error_bytes()
 
     def _start_body(self) -> None:
         assert self.req is not None
-        _check_range(self.req, self.status, self.headers)
+        check_range(self.req, self.status, self.headers)
         self.remaining = self.req.length if self.req.size else 0
-        self.state = "body"
+        self.state = ConnState.BODY
         if self.pos > self.remaining:
             raise RangeMismatch(f"{self.req.key}: more body bytes than Content-Length")
         self._on_body_bytes(self.pos)
@@ -201,10 +194,10 @@ class _Conn(asyncio.BufferedProtocol):
         if self.pos >= self.remaining:
             # The last bytes: written after the one in flight, then the request completes.
             # Reading stops meanwhile: the buffer is full, and there is nothing more to read.
-            if self.writing is not None and not self.writing.done() and self.transport:
+            if self.out.busy() and self.transport:
                 self.transport.pause_reading()
                 self.paused = True
-            self._after_write(self._finish_body)
+            self.out.after_write(self._finish_body)
         elif self.pos >= BUF_SIZE:
             self._hand_off()
 
@@ -213,90 +206,45 @@ class _Conn(asyncio.BufferedProtocol):
         self._fail(exc)
 
     def _finish_body(self) -> None:
-        if self.state != "body":
+        if self.state is not ConnState.BODY:
             return
         self._flush()
         self._complete()
 
     def _hand_off(self) -> None:
         """Give the full buffer to the writer thread and read on into the other one."""
-        if self.writer is None:
+        if not self.out.threaded:
             self._flush()
             return
-        if self.writing is not None and not self.writing.done():
+        if self.out.busy():
             assert self.transport is not None
             self.transport.pause_reading()  # both buffers busy: let TCP push back
             self.paused = True
-            self.writing.add_done_callback(lambda _: self._resume())
+            self.out.when_written(self._resume)
             return
-        if self._write_failed():
+        if self.out.write_failed():
             return
-        assert self.sink is not None
-        n, data, offset = self.pos, self.view[: self.pos], self.offset
-        self.writing = self.loop.run_in_executor(self.writer, self.sink, data, offset)
-        self.offset, self.remaining, self.pos = offset + n, self.remaining - n, 0
-        self.buf = self.bufs[1] if self.buf is self.bufs[0] else self.bufs[0]
-        self.view = memoryview(self.buf)
+        n, self.pos = self.pos, 0
+        self.out.submit(n)
+        self.remaining -= n
 
     def _resume(self) -> None:
-        if self.state != "body":
+        if self.state is not ConnState.BODY:
             return
         self._hand_off()
         if self.paused and self.transport is not None and not self.closed:
             self.paused = False
             self.transport.resume_reading()
 
-    def _after_write(self, then: Callable[[], object]) -> None:
-        """Run `then` once the write in flight is done, in the order asked (bytes stay in
-        order for the hash, and the end of a body is never overtaken by a failure)."""
-        self._then.append(then)
-        if len(self._then) > 1:
-            return  # a drain is already scheduled; it runs this one after the others
-        if self.writing is not None and not self.writing.done():
-            self.writing.add_done_callback(self._drain)
-        else:
-            self._drain(None)
-
-    def _drain(self, _: object) -> None:
-        while self._then:
-            if self.writing is not None and not self.writing.done():
-                # A write started since this drain was scheduled (`_resume` hands off the
-                # next buffer first): the steps wait for it too.
-                self.writing.add_done_callback(self._drain)
-                return
-            if self._write_failed():
-                self._then.clear()
-                return
-            step = self._then[0]
-            try:
-                step()
-            except Exception as exc:  # the last bytes, written here on the loop, failed
-                self._then.clear()
-                self._fail(exc if isinstance(exc, FetchError) else FetchError(repr(exc)))
-                return
-            self._then.pop(0)
-
-    def _write_failed(self) -> bool:
-        if self.writing is None or not self.writing.done() or self.writing.cancelled():
-            return False
-        exc = self.writing.exception()
-        if exc is None:
-            return False
-        self.writing = None
-        self._fail(exc if isinstance(exc, FetchError) else TransientSourceError(str(exc)))
-        return True
-
     def _flush(self) -> None:
-        if self.state != "body" or self.pos == 0:
+        if self.state is not ConnState.BODY or self.pos == 0:
             return
-        assert self.sink is not None
         n, self.pos = self.pos, 0
-        self.sink(self.view[:n], self.offset)
-        self.offset += n
+        self.out.write_now(n)
         self.remaining -= n
 
     def _complete(self) -> None:
-        self.state = "done"
+        self.state = ConnState.DONE
         if not self.keep_alive and self.transport is not None:
             self.transport.close()
             self.closed = True
@@ -309,15 +257,15 @@ class _Conn(asyncio.BufferedProtocol):
         chunked = "chunked" in self.headers.get("transfer-encoding", "")
         if (
             (length is not None and self.pos >= int(length))
-            or (chunked and self.buf.find(b"0\r\n\r\n", 0, self.pos) >= 0)
-            or self.pos >= _MAX_ERROR_BODY
+            or (chunked and self.out.buf.find(b"0\r\n\r\n", 0, self.pos) >= 0)
+            or self.pos >= MAX_ERROR_BODY
         ):
             self._finish_error()
 
     def _finish_error(self) -> None:
         assert self.req is not None
         exc = s3_error_from_body(
-            self.status, bytes(self.view[: self.pos]), f"GET s3 object {self.req.key}"
+            self.status, bytes(self.out.view[: self.pos]), f"GET s3 object {self.req.key}"
         )
         self.keep_alive = False  # error bodies may be framed oddly; never reuse the socket
         if self.transport is not None:
@@ -325,9 +273,9 @@ class _Conn(asyncio.BufferedProtocol):
         self._fail(exc)
 
     def _fail(self, exc: FetchError) -> None:
-        if self.state == "failed":
+        if self.state is ConnState.FAILED:
             return
-        self.state = "failed"
+        self.state = ConnState.FAILED
         self.keep_alive = False
         if self.transport is not None and not self.closed:
             self.transport.abort()
@@ -339,64 +287,18 @@ class _Conn(asyncio.BufferedProtocol):
                 waiter.set_exception(exc)
 
         # The caller resumes the part at the bytes written: never before the last write lands.
-        if self.writing is not None and not self.writing.done():
-            self.writing.add_done_callback(lambda _: signal())
-        else:
-            signal()
+        self.out.when_written(signal)
 
     def _lost_message(self, exc: Exception | None) -> str:
         key = self.req.key if self.req else "?"
-        if self.state == "body":
+        if self.state is ConnState.BODY:
             return f"{key}: body ended {self.remaining} bytes early ({exc or 'EOF'})"
         return f"{key}: connection closed before the response ({exc or 'EOF'})"
 
     def _lost_reason(self, exc: Exception | None) -> str:
         if exc is not None:
             return "reset"
-        return "short_body" if self.state == "body" else "reset"
-
-
-def _request_bytes(req: RangeRequest) -> bytes:
-    parts = urlsplit(req.url)
-    target = parts.path + ("?" + parts.query if parts.query else "")
-    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", f"If-Match: {req.etag}"]
-    if req.size:
-        lines.append(f"Range: bytes={req.start}-{req.end}")
-    lines += ["User-Agent: model-fetcher", "Accept-Encoding: identity", "", ""]
-    return "\r\n".join(lines).encode("latin-1")
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        status = int(lines[0].split(" ", 2)[1])
-    except (IndexError, ValueError):
-        raise TransientSourceError("malformed HTTP status line", reason="protocol") from None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
-
-
-def _check_range(req: RangeRequest, status: int, headers: dict[str, str]) -> None:
-    """The answer must be exactly the bytes asked for, of the object version pinned."""
-    length = headers.get("content-length")
-    if length is None or not length.isdigit():
-        raise RangeMismatch(f"{req.key}: response without Content-Length")
-    want_len = req.length if req.size else 0
-    if int(length) != want_len:
-        raise RangeMismatch(f"{req.key}: Content-Length {length}, expected {want_len}")
-    if status == 200:
-        if req.start != 0 or (req.size and req.end != req.size - 1):
-            raise RangeMismatch(f"{req.key}: server ignored the Range header")
-        return
-    match = _CONTENT_RANGE.fullmatch(headers.get("content-range", ""))
-    if not match or tuple(map(int, match.groups())) != (req.start, req.end, req.size):
-        got = headers.get("content-range", "none")
-        raise RangeMismatch(
-            f"{req.key}: Content-Range {got}, expected bytes {req.start}-{req.end}/{req.size}"
-        )
+        return "short_body" if self.state is ConnState.BODY else "reset"
 
 
 class RangeGetter:
@@ -480,4 +382,4 @@ class RangeGetter:
         self.writer.shutdown(wait=True)  # no write may land after the partial is closed
 
 
-__all__ = ["BUF_SIZE", "RangeGetter", "RangeRequest", "Sink", "SourceError"]
+__all__ = ["BUF_SIZE", "ConnState", "RangeGetter", "RangeRequest", "Sink"]

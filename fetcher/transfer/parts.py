@@ -20,7 +20,8 @@ import xxhash
 
 from fetcher.errors import RangeMismatch, TransientSourceError
 from fetcher.observe import log
-from fetcher.transfer.http import RangeGetter, RangeRequest
+from fetcher.transfer.framing import RangeRequest
+from fetcher.transfer.http import RangeGetter
 
 _BACKOFF_BASE, _BACKOFF_CAP = 0.2, 10.0
 
