@@ -296,8 +296,13 @@ async def _one(parts: PartDownloader, msg: dict[str, Any], direct_io: bool) -> N
                 os.close(open_fd)
 
 
-def _forget(tasks: dict[int, asyncio.Task[None]], ident: int, _: object) -> None:
+def _forget(tasks: dict[int, asyncio.Task[None]], ident: int, task: asyncio.Task[None]) -> None:
     tasks.pop(ident, None)
+    if task.cancelled():
+        # Cancelled before its first step (the task and its cancel arrived in one read): `_one`
+        # never ran, so nothing answered, and the parent waited for that answer forever
+        # (test_object_replaced_mid_download_restarts_on_the_new_version hung 1 run in 2).
+        _emit_error(ident, TransientSourceError("cancelled", reason="cancelled"))
 
 
 def _emit_error(ident: int, exc: FetchError) -> None:
