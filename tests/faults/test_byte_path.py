@@ -206,7 +206,7 @@ def test_parts_of_a_killed_worker_are_fetched_by_another(
     data = os.urandom(12 * part)
     put("weights.bin", data)
     # Parts 7 and 8 stall for a while, one on each worker; one worker is then OOM-killed.
-    proxy.add_fault(Stall(3, after=0), method="GET", path_contains=prefix, times=2, skip=6)
+    stall = proxy.add_fault(Stall(3, after=0), method="GET", path_contains=prefix, times=2, skip=6)
     env = {
         **pod_env(s3_server, prefix, dest, proxy.endpoint),
         "FETCH_PART_SIZE": str(part),
@@ -216,6 +216,11 @@ def test_parts_of_a_killed_worker_are_fetched_by_another(
     }
     proc = popen_fetcher(env)
     wait_for_parts(dest, 6)
+    # Both stalled requests in flight: with one request per worker, each worker holds one
+    # (killing before that was a race: the victim could hold no part, 1 run in 6).
+    deadline = time.monotonic() + 30
+    while stall.applied < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     os.kill(int(children[0]), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
@@ -223,7 +228,8 @@ def test_parts_of_a_killed_worker_are_fetched_by_another(
     assert (dest / "weights.bin").read_bytes() == data
     res = Result(proc.returncode, "", stderr)
     lost = res.events("worker_lost")  # one per part it held
-    assert lost and all(f"{children[0]} was killed by signal 9" in e["msg"] for e in lost)
+    assert lost, stderr[-3000:]
+    assert all(f"{children[0]} was killed by signal 9" in e["msg"] for e in lost)
     assert run_fetcher(["verify", "--full"], env).code == 0
     # The requests the dead worker had in flight are not left counted as in flight.
     assert metric(dest.parent / "m.prom", "model_fetcher_inflight_requests") == 0
