@@ -57,6 +57,9 @@ _OUTPUT_FLAGS: tuple[_Flag, ...] = (
     ("--log-format", "FORMAT", "LOG_FORMAT", "json or text (default json unless stderr is a tty)"),
     ("--log-level", "LEVEL", "LOG_LEVEL", "debug, info, warning or error (default info)"),
 )
+# Issue 16: every command that checks a model (all but status) takes it.
+_CHECKS_FLAG: _Flag = ("--skip-format-checks", "FAMILIES", "FETCH_SKIP_FORMAT_CHECKS",
+                       "turn off format checks: safetensors, gguf, index, json or all")  # fmt: skip
 _DEST_FLAG: _Flag = ("--dest", "DIR", "MODEL_CACHE_DIR", "model directory, when DEST is not given")
 
 _EPILOG = """\
@@ -84,14 +87,14 @@ _SUMMARY = {
 }
 _FETCH_EXITS = """exit codes: 0 ok (the serve command, if given, replaces this process); 2 usage or
 configuration; 3 source (auth, no such bucket or prefix, unreachable while the cache is
-incomplete); 4 integrity (checksum, safetensors, shard index); 5 local cache (space,
+incomplete); 4 integrity (checksum, safetensors, GGUF, index, JSON); 5 local cache (space,
 permissions); 143 SIGTERM, 130 SIGINT. The reason is one line on stderr and in
 FETCH_TERMINATION_LOG."""
 _COMMAND_EPILOG = {
     "fetch": _FETCH_EXITS,
     "verify": """exit codes:
   0  every recorded file is present and unchanged (--full: and hashes as recorded),
-     and the safetensors headers and shard index check out
+     and the format checks pass (safetensors, GGUF, indexes, JSON files)
   4  a file missing, changed, corrupt or invalid, or the last fetch did not finish
   5  the cache state (DEST/.fetcher/state.json) cannot be read; a fetch rebuilds it
 The report is JSON on stdout; each problem is also logged.""",
@@ -131,6 +134,8 @@ def _add_command(sub: argparse._SubParsersAction[_Parser], name: Command) -> _Pa
     if name in ("fetch", "sidecar", "publish"):
         _add_flags(parser, "source", _SOURCE_FLAGS)
         _add_flags(parser, "transfer", _TRANSFER_FLAGS)
+    if name != "status":
+        _add_flags(parser, "checks", [_CHECKS_FLAG])
     output = _add_flags(parser, "output", _OUTPUT_FLAGS)
     output.add_argument(
         "--progress", action=argparse.BooleanOptionalAction,

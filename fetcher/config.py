@@ -38,6 +38,7 @@ from fetcher.values import (
     region,
     seconds,
 )
+from fetcher.verify.formats import parse_families
 
 VerifyMode = Literal["fast", "full"]
 LogFormat = Literal["json", "text"]
@@ -91,6 +92,7 @@ class Config:
     identity: str = "model-fetcher"  # who holds the cache lease: POD_NAME or host name
     serve_cmd: tuple[str, ...] = ()  # argv after "--", exec'd after a successful fetch
     full: bool = False  # verify --full
+    skip_format_checks: frozenset[str] = frozenset()  # FETCH_SKIP_FORMAT_CHECKS (formats.py)
     local_dir: Path | None = None  # publish's LOCAL_DIR
     termination_log: Path = Path("/dev/termination-log")
 
@@ -284,6 +286,7 @@ class _Settings(TypedDict):
     workers: int
     direct_io: bool
     full: bool
+    skip_format_checks: frozenset[str]
     termination_log: Path
 
 
@@ -316,6 +319,9 @@ def _settings(r: _Reader, command: Command, stderr_isatty: bool) -> _Settings:
         workers=r.get("FETCH_WORKERS", "--workers", int_in(1, 64), 1),
         direct_io=r.get("FETCH_DIRECT_IO", None, parse_bool, True),
         full=bool(getattr(r.ns, "full", False)) or (command == "verify" and verify_mode == "full"),
+        skip_format_checks=r.get(
+            "FETCH_SKIP_FORMAT_CHECKS", "--skip-format-checks", parse_families, frozenset()
+        ),
         termination_log=r.get(
             "FETCH_TERMINATION_LOG", None, absolute, Path("/dev/termination-log")
         ),

@@ -29,6 +29,8 @@ from fetcher.source.factory import open_source
 from fetcher.transfer.engine import Transfer
 from fetcher.transfer.plan import Job
 from fetcher.verify.checks import check_model
+from fetcher.verify.formats import skipped_note
+from fetcher.verify.gguf import check_split_names
 from fetcher.verify.hashes import file_digest
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 
@@ -169,6 +171,8 @@ class Fetch:
         self.manifest: Manifest | None = None
 
     async def run(self) -> Outcome:
+        if note := skipped_note(self.cfg.skip_format_checks):
+            log.warning("format_checks_skipped", note)
         self.cache.prepare()
         async with CacheLease(self.cache, self.cfg.identity, self.cfg.lease_ttl):
             state = self.cache.load_state()
@@ -201,6 +205,8 @@ class Fetch:
         for obj in objs:  # only what will be written: FETCH_EXCLUDE can skip a bad key
             safe_rel(obj.rel)
         _refuse_file_folder_clash([obj.rel for obj in objs])
+        if "gguf" not in self.cfg.skip_format_checks:
+            check_split_names(obj.rel for obj in objs)  # a split missing from the bucket
         self.manifest = await load_manifest(src, self.cache, listing)
         if self.manifest is None:
             return [Job(obj) for obj in objs]
@@ -253,7 +259,8 @@ class Fetch:
             transfer = Transfer(self.cfg, src, self.cache, self.metrics, progress)
             await transfer.run(plan.fetch, lambda rel, fs: self._commit(state, rel, fs))
         self.resumed_bytes = progress.resumed_bytes
-        await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files))
+        skip = self.cfg.skip_format_checks
+        await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files), skip)
         state.complete = True
         state.last_fetch = {
             "finished": time.time(),

@@ -16,13 +16,16 @@ from fetcher.config import Config
 from fetcher.errors import EXIT_OK, FetchError, IntegrityError, UnsafeKey
 from fetcher.observe import log
 from fetcher.verify.checks import check_model
+from fetcher.verify.formats import skipped_note
 from fetcher.verify.hashes import file_digest
 
 
 def verify_command(cfg: Config) -> int:
     cache = Cache(cfg.dest)
     state = cache.read_state()
-    problems = find_problems(cache, state, cfg.full)
+    if note := skipped_note(cfg.skip_format_checks):
+        log.warning("format_checks_skipped", note)
+    problems = find_problems(cache, state, cfg.full, cfg.skip_format_checks)
     for problem in problems:
         log.warning("verify_failed", problem)
     total = sum(fs.size for fs in state.files.values())
@@ -48,7 +51,9 @@ def _summary(dest: Path, problems: list[str]) -> str:
     return f"verify of {dest} failed: {problems[0]}{tail}"
 
 
-def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
+def find_problems(
+    cache: Cache, state: State, full: bool, skip: frozenset[str] = frozenset()
+) -> list[str]:
     if not state.files:
         return [f"no model recorded in {cache.dest} (never fetched)"]
     problems = [] if state.complete else [_incomplete(state)]
@@ -66,7 +71,7 @@ def find_problems(cache: Cache, state: State, full: bool) -> list[str]:
     # report names the shard a failed fetch refused (truncated, or missing from the index).
     intact = sorted(rel for rel, problem in checks.items() if problem is None)
     try:
-        check_model(cache.dest, intact)
+        check_model(cache.dest, intact, skip)
     except FetchError as exc:
         problems.append(str(exc))
     return problems

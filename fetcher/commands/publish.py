@@ -24,6 +24,7 @@ from fetcher.observe import log
 from fetcher.source.boto import Source
 from fetcher.tasks import run_all
 from fetcher.verify.checks import check_model
+from fetcher.verify.formats import skipped_note
 from fetcher.verify.hashes import part_hashes
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestFile
 
@@ -107,8 +108,12 @@ async def publish(cfg: Config) -> int:
     started = time.monotonic()
     files = local_files(cfg.local_dir)
     # A shard a fetcher would refuse is refused here, before a single byte is uploaded.
+    if note := skipped_note(cfg.skip_format_checks):
+        log.warning("format_checks_skipped", note)
     with reading("read", cfg.local_dir):
-        await asyncio.to_thread(check_model, cfg.local_dir, [f.rel for f in files])
+        await asyncio.to_thread(
+            check_model, cfg.local_dir, [f.rel for f in files], cfg.skip_format_checks
+        )
     async with Source(cfg) as src:
         up = _Uploader(cfg, src)
         entries = await up.hash_all(files)

@@ -34,8 +34,8 @@ from fetcher.transfer.http import RangeGetter
 from fetcher.transfer.parts import Part, PartDownloader, PartTask, plan_parts
 from fetcher.transfer.plan import Expected, Job
 from fetcher.transfer.workers import WorkerPool
+from fetcher.verify.checks import check_file
 from fetcher.verify.hashes import FileDigests, composite_xxh3, xxh3_range
-from fetcher.verify.safetensors import check_safetensors
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
 # A part whose bytes fail the manifest is fetched once more: TCP and TLS make a flip in transit
@@ -127,9 +127,10 @@ class Transfer:
             except ChecksumMismatch:
                 self.metrics.checksum_failures.inc()
                 raise
-            if obj.rel.endswith(".safetensors"):
-                # Header only (milliseconds): a truncated shard never gets its final name.
-                await asyncio.to_thread(check_safetensors, partial.path, obj.rel)
+            # Headers only (milliseconds): a truncated shard, an HTML page saved as a .gguf
+            # or a cut config.json never gets its final name.
+            skip = self.cfg.skip_format_checks
+            await asyncio.to_thread(check_file, partial.path, obj.rel, skip)
             mtime_ns = await asyncio.to_thread(self.cache.commit, partial, obj.rel)
         except IntegrityError:
             partial.discard()  # bad or mixed bytes are never resumed

@@ -1,4 +1,4 @@
-"""safetensors files and their shard index, checked from headers alone.
+"""safetensors files and the shard indexes (`*.index.json`), checked from headers alone.
 
 The checks read only the header (at most 100 MiB, usually a few KiB) and compare it with the
 file size, never the weights: a truncated or padded shard is refused in milliseconds.
@@ -10,16 +10,17 @@ import json
 import math
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fetcher.errors import InvalidModel
+from fetcher.verify.formats import INDEX_SUFFIX, read_weight_map
 
 # Same limit spirit as the safetensors crate: a header is metadata, never a payload.
 MAX_HEADER = 100 * 1024 * 1024
-INDEX_SUFFIX = ".safetensors.index.json"
+SAFETENSORS_INDEX = ".safetensors.index.json"
 
 # Bits per element. Sub-byte types (F4, F6) are packed, so a tensor must fill whole bytes.
 DTYPE_BITS: dict[str, int] = {
@@ -174,50 +175,41 @@ def check_safetensors(path: Path, name: str | None = None) -> None:
 # --- sharded checkpoints ---------------------------------------------------------------------
 
 
-def _shard_name(index: str, shard: object) -> str:
-    # Shards are siblings of the index; anything else could point a loader outside the model.
-    p = PurePosixPath(shard) if isinstance(shard, str) else None
-    if p is None or not shard or p.is_absolute() or ".." in p.parts or "\\" in str(shard):
-        raise InvalidModel(f"{index}: weight_map names an unsafe shard path {shard!r}")
-    return str(p)
+def _unused_alternative(model_dir: Path, rel: str, shards: Iterable[str]) -> bool:
+    """A pickle index none of whose shards is here, beside safetensors weights: the copy in
+    the other format that FETCH_EXCLUDE=*.bin left out, which loaders skip when safetensors
+    are present (vLLM, transformers). One shard present but another missing is still broken."""
+    base = model_dir / PurePosixPath(rel).parent
+    if rel.endswith(SAFETENSORS_INDEX) or any((base / s).exists() for s in shards):
+        return False
+    return any(base.glob("*.safetensors"))
 
 
-def _load_index(path: Path, name: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (FileNotFoundError, IsADirectoryError) as e:
-        raise InvalidModel(f"{name}: missing or not a file") from e
-    except ValueError as e:
-        raise InvalidModel(f"{name}: not valid UTF-8 JSON: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
-        raise InvalidModel(f"{name}: no weight_map object")
-    return doc["weight_map"]  # type: ignore[no-any-return]
-
-
-def _check_one_index(model_dir: Path, rel: str) -> None:
-    index = model_dir / rel
-    weight_map = _load_index(index, rel)
-    by_shard: dict[str, set[str]] = {}
-    for tensor, shard in weight_map.items():
-        by_shard.setdefault(_shard_name(rel, shard), set()).add(tensor)
+def _check_one_index(model_dir: Path, rel: str, skip: Collection[str]) -> None:
+    by_shard = read_weight_map(model_dir / rel, rel) or {}
+    if _unused_alternative(model_dir, rel, by_shard):
+        return
     base = PurePosixPath(rel).parent
     for shard, wanted in sorted(by_shard.items()):
         shard_rel = str(base / shard)
         if not (model_dir / shard_rel).is_file():
             raise InvalidModel(f"{rel}: weight_map names shard {shard_rel} which is missing")
+        if not shard_rel.endswith(".safetensors") or "safetensors" in skip:
+            continue  # a pickle's tensor names are not readable without unpickling it
         absent = wanted - safetensors_tensors(model_dir / shard_rel, shard_rel)
         if absent:
             some = ", ".join(sorted(absent)[:3])
             raise InvalidModel(f"{rel}: {len(absent)} tensors not in {shard_rel}, e.g. {some}")
 
 
-def check_index(model_dir: Path, files: Iterable[str] = ()) -> None:
-    """Check every `*.safetensors.index.json` at the top of `model_dir` and any listed in `files`.
+def check_index(model_dir: Path, files: Iterable[str] = (), skip: Collection[str] = ()) -> None:
+    """Check every `*.index.json` at the top of `model_dir` and any listed in `files` (issue
+    16: `pytorch_model.bin.index.json` too, as formats.read_weight_map reads them).
 
-    Each shard the weight_map names must exist beside the index, be a valid safetensors file,
-    and hold every tensor the weight_map assigns to it.
+    Each shard the weight_map names must exist beside the index; a safetensors shard must be
+    valid and hold every tensor the weight_map assigns to it.
     """
     found = {p.name for p in model_dir.glob("*" + INDEX_SUFFIX) if p.is_file()}
     found.update(f for f in files if f.endswith(INDEX_SUFFIX))
     for rel in sorted(found):
-        _check_one_index(model_dir, rel)
+        _check_one_index(model_dir, rel, skip)
