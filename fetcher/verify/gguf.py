@@ -439,13 +439,14 @@ def split_sets(rels: Iterable[str]) -> dict[tuple[str, int], dict[int, str]]:
 def check_split_names(rels: Iterable[str]) -> None:
     """Every split set named `<name>-%05d-of-%05d.gguf` is whole and agrees on its count."""
     sets = split_sets(rels)
-    stems: dict[str, int] = {}
+    counts: dict[str, set[int]] = {}
+    for stem, total in sets:
+        counts.setdefault(stem, set()).add(total)
+    for stem, totals in sorted(counts.items()):
+        if len(totals) > 1:
+            listed = " and ".join(str(t) for t in sorted(totals))
+            raise InvalidModel(f"{stem}-*.gguf: splits disagree on the split count ({listed})")
     for (stem, total), members in sorted(sets.items()):
-        if stem in stems:
-            raise InvalidModel(
-                f"{stem}-*.gguf: splits disagree on the split count ({stems[stem]} and {total})"
-            )
-        stems[stem] = total
         bad = sorted(n for n in members if not 1 <= n <= total)
         if bad:
             raise InvalidModel(f"{members[bad[0]]}: not a split number of 1..{total}")
