@@ -42,11 +42,12 @@ def test_every_kustomization_builds(built: dict[str, list[Doc]], kustomization: 
     assert built[kustomization], f"{kustomization} builds to nothing"
 
 
-def test_overlays_are_the_five_deployment_situations() -> None:
+def test_overlays_are_the_six_deployment_situations() -> None:
     assert set(OVERLAYS) == {
         "kserve-storage-initializer",
         "kserve-inferenceservice",
         "vllm-deployment",
+        "llamacpp-deployment",
         "vllm-native-sidecar",
         "node-prewarm",
     }
@@ -60,6 +61,7 @@ def test_each_overlay_runs_model_fetcher(built: dict[str, list[Doc]]) -> None:
         "kserve-storage-initializer": ["storage-initializer"],
         "kserve-inferenceservice": ["model-fetcher"],
         "vllm-deployment": ["model-fetcher"],
+        "llamacpp-deployment": ["model-fetcher"],
         "vllm-native-sidecar": ["model-fetcher"],
         "node-prewarm": ["prewarm-mistral-24b", "prewarm-llama-8b"],
     }
@@ -212,6 +214,27 @@ def test_vllm_deployment(built: dict[str, list[Doc]]) -> None:
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}, "RWO cache: one pod at a time"
     template_annotations = deploy["spec"]["template"]["metadata"]["annotations"]
     assert template_annotations["prometheus.io/scrape"] == "true"
+    assert_ports_resolve(docs, deploy)
+
+
+def test_llamacpp_deployment(built: dict[str, list[Doc]]) -> None:
+    """Issue 16: llama-server on a GGUF file that the init container fetched and checked."""
+    docs = built["overlays/llamacpp-deployment"]
+    deploy = only(docs, "Deployment")
+    spec = pod_spec(deploy)
+    (init,) = spec["initContainers"]
+    (server,) = spec["containers"]
+    assert "restartPolicy" not in init, "a plain init container: fetch, verify, exit 0"
+    assert argv_of(init) == ["model-fetcher", "fetch"]
+    assert {k for k in env_of(init)} >= {*POD_ENV, "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+    assert server["image"] == "ghcr.io/ggml-org/llama.cpp:server"
+    model = server["args"][server["args"].index("-m") + 1]
+    cache = env_of(init)["MODEL_CACHE_DIR"]
+    assert model.startswith(cache.rstrip("/") + "/") and model.endswith(".gguf")
+    assert "--metrics" in server["args"] and "--port=8080" in server["args"]
+    assert server["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert_mounts_cache(spec, init, server)
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}, "RWO cache: one pod at a time"
     assert_ports_resolve(docs, deploy)
 
 

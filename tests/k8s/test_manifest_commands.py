@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import gguf
 import pytest
 
+from devtools.sample_gguf import write_gguf
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, boto3_client, free_port, start_temporary
 from fetcher.cache.layout import META_DIR
@@ -117,6 +119,23 @@ def all_models() -> set[tuple[str, str]]:
     return found
 
 
+def gguf_models() -> dict[tuple[str, str], str]:
+    """(bucket, prefix) -> the file a llama-server container opens (`-m`), relative to the
+    fetcher's MODEL_CACHE_DIR: those prefixes hold a GGUF model (issue 16)."""
+    found = {}
+    for k in KUSTOMIZATIONS:
+        for workload, fetcher in fetcher_containers(build(k)):
+            env = {e["name"]: e.get("value") for e in fetcher.get("env", [])}
+            spec = workload["spec"]["template"]["spec"] if "template" in workload["spec"] else {}
+            for c in spec.get("containers", []):
+                args = c.get("args", [])
+                if "-m" in args and "MODEL_PREFIX" in env:
+                    model = args[args.index("-m") + 1]
+                    rel = model.removeprefix(env["MODEL_CACHE_DIR"].rstrip("/") + "/")
+                    found[(env["MINIO_BUCKET"], env["MODEL_PREFIX"])] = rel
+    return found
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     tls = make_tls(tmp_path_factory.mktemp("tls"))
@@ -130,11 +149,15 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 
 def upload_models(s3: S3, scratch: Path) -> S3:
     client: Any = boto3_client(s3.server)
+    ggufs = gguf_models()
     for seed, (bucket, prefix) in enumerate(sorted(all_models())):
         if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
             client.create_bucket(Bucket=bucket)
         local = scratch / f"m{seed}"
-        write_sample_model(local, 3 << 20, shards=2, seed=seed)
+        if (bucket, prefix) in ggufs:
+            write_gguf(local / ggufs[(bucket, prefix)], rows=256, seed=seed)
+        else:
+            write_sample_model(local, 3 << 20, shards=2, seed=seed)
         files = {str(p.relative_to(local)): p.read_bytes() for p in local.rglob("*") if p.is_file()}
         for rel, data in files.items():
             client.put_object(Bucket=bucket, Key=prefix + rel, Body=data)
@@ -392,6 +415,7 @@ def new_pod(workload: Doc, s3: S3, tmp_path: Path) -> Pod:
     [
         "overlays/kserve-inferenceservice",
         "overlays/vllm-deployment",
+        "overlays/llamacpp-deployment",
         "examples/custom-model",
         "examples/kserve-custom-model",
     ],
@@ -403,6 +427,20 @@ def test_init_container_fetches_the_model(s3: S3, tmp_path: Path, kustomization:
     run_to_completion(run)
     # A restarted pod finds the cache warm and succeeds again.
     run_to_completion(run)
+
+
+def test_llamacpp_init_container_fetches_the_file_llama_server_opens(
+    s3: S3, tmp_path: Path
+) -> None:
+    """overlays/llamacpp-deployment: after the init container, `-m` names a GGUF on the
+    shared volume that llama.cpp's reader (gguf.GGUFReader, the serving stand-in) opens."""
+    ((workload, fetcher),) = fetcher_containers(build("overlays/llamacpp-deployment"))
+    pod = new_pod(workload, s3, tmp_path)
+    run_to_completion(prepare(pod, fetcher))
+    (server,) = workload["spec"]["template"]["spec"]["containers"]
+    model = Path(rewrite_path(server["args"][server["args"].index("-m") + 1], pod.mounts(server)))
+    reader = gguf.GGUFReader(model)
+    assert reader.tensors and reader.fields["general.architecture"].contents() == "llama"
 
 
 def test_replicas_on_a_shared_cache_all_start(s3: S3, tmp_path: Path) -> None:
