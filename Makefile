@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# DEMO_FORMAT=gguf: a llama.cpp model (a GGUF split set) instead of safetensors shards.
+DEMO_FORMAT ?= safetensors
 demo: install
-	$(BIN)/python -m devtools.demo
+	$(BIN)/python -m devtools.demo --format $(DEMO_FORMAT)
 
 # The manifests are checked (issue 6) and the bench harness smoke-tested with the suite.
 test: install k8s-check $(BENCH_STAMP)

@@ -1,16 +1,20 @@
 """`make demo`: the whole flow on one machine, with nothing but what `make install` set up.
 
 1. start SeaweedFS on 127.0.0.1 (free ports, a temporary directory);
-2. generate a sample model (config, tokenizer, three valid safetensors shards, index);
+2. generate a sample model (config, tokenizer, three valid safetensors shards, index), or
+   with `--format gguf` (`make demo DEMO_FORMAT=gguf`) a llama.cpp model: a GGUF split set
+   written by the `gguf` package;
 3. `model-fetcher publish` it to s3://llm-models/demo-model/v1/ with its checksum manifest;
 4. fetch it into ./demo/model-cache with the pod environment and hand off to a stand-in
-   server that loads every shard and prints its PID (the fetcher's PID: exec, not a child);
+   server that loads every shard (safetensors, or gguf.GGUFReader) and prints its PID (the
+   fetcher's PID: exec, not a child);
 5. fetch again to show the warm start: one LIST, no GET, well under a second;
 6. `verify --full`, then stop the server (also on Ctrl-C).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -20,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.sample_gguf import write_gguf
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
 
@@ -63,10 +68,19 @@ def downloaded(metrics: Path) -> float:
     return -1.0
 
 
-def demo(server: SeaweedServer, work: Path) -> None:
+def write_model(model: Path, fmt: str) -> None:
+    if fmt == "gguf":
+        say("generating a ~64 MB GGUF model (a split set of 2; F32, F16, Q8_0, Q4_K tensors)")
+        for path in write_gguf(model / "demo-llama.gguf", rows=32768, split_max_tensors=3):
+            print(f"[demo] wrote {path.name} ({path.stat().st_size / 2**20:.1f} MiB)")
+    else:
+        say("generating a ~300 MB sample model (3 safetensors shards + index)")
+        write_sample_model(model, 300 * 10**6, shards=3)
+
+
+def demo(server: SeaweedServer, work: Path, fmt: str) -> None:
     boto3_client(server).create_bucket(Bucket=BUCKET)
-    say("generating a ~300 MB sample model (3 safetensors shards + index)")
-    write_sample_model(work / "model", 300 * 10**6, shards=3)
+    write_model(work / "model", fmt)
     env = pod_env(server, work / "metrics.prom")
     say(f"model-fetcher publish -> s3://{BUCKET}/{PREFIX}")
     check(
@@ -109,12 +123,15 @@ def check(code: int) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="the whole flow on one machine")
+    parser.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors")
+    fmt = parser.parse_args().format
     work = Path(tempfile.mkdtemp(prefix="fetcher-demo-"))
     say("starting SeaweedFS (weed mini) on 127.0.0.1")
     server = start_temporary()
     print(f"[demo] S3 endpoint {server.endpoint} (pid {server.proc.pid if server.proc else '?'})")
     try:
-        demo(server, work)
+        demo(server, work, fmt)
         say("demo finished")
     except KeyboardInterrupt:
         print("\n[demo] interrupted", file=sys.stderr)

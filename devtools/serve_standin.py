@@ -1,4 +1,5 @@
-"""A small stand-in for vLLM: open every shard with the safetensors library, report, exit.
+"""A small stand-in for vLLM or llama-server: open every shard with the safetensors library,
+or every GGUF file with llama.cpp's reader (gguf.GGUFReader), report, exit.
 
 `make demo` runs it after `--`; it prints its PID so the demo can show that the serving
 process took over the fetcher's PID (exec, not a child).
@@ -11,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from gguf import GGUFReader
 from safetensors import safe_open
 
 _ITEMSIZE = {
@@ -29,7 +31,24 @@ _ITEMSIZE = {
 }
 
 
+def serve_gguf(files: list[Path], model_dir: str) -> int:
+    tensors = total = 0
+    for path in files:
+        reader = GGUFReader(path)
+        tensors += len(reader.tensors)
+        total += sum(int(t.n_bytes) for t in reader.tensors)
+    print(
+        f"[server] pid {os.getpid()}: loaded {tensors} tensors, {total / 2**20:.1f} MiB "
+        f"from {len(files)} GGUF files in {model_dir} (gguf.GGUFReader)",
+        flush=True,
+    )
+    return 0
+
+
 def main(model_dir: str) -> int:
+    ggufs = sorted(Path(model_dir).glob("*.gguf"))
+    if ggufs:
+        return serve_gguf(ggufs, model_dir)
     shards = sorted(Path(model_dir).glob("*.safetensors"))
     tensors = total = 0
     for shard in shards:

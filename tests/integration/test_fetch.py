@@ -112,7 +112,8 @@ def test_include_and_exclude(
         "original/x.pth",
         "README.md",
     ):
-        put(rel, rel.encode())
+        # A config.json must parse as JSON (issue 16): give the .json files JSON bodies.
+        put(rel, json.dumps({"name": rel}).encode() if rel.endswith(".json") else rel.encode())
     res = fetch(FETCH_INCLUDE="*.json,*.bin,*.pth", FETCH_EXCLUDE="original/*,tokenizer*")
     assert res.code == 0, res.stderr
     assert sorted(tree(dest)) == ["config.json", "model.safetensors.bin"]
