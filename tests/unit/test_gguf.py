@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 import pytest
 
+from devtools.gguf_bench import Shape, measure, write_sparse
 from devtools.sample_gguf import TYPES, write_gguf
 from fetcher.errors import EXIT_INTEGRITY, InvalidModel
 from fetcher.verify.gguf import (
@@ -387,3 +388,12 @@ def test_strings_longer_than_the_read_window_are_skipped_unread(tmp_path: Path) 
     assert template == SkippedString(len(reference.fields["tokenizer.chat_template"].contents()))
     assert header.data_offset == reference.data_offset
     assert [t.name for t in header.tensors] == ["t"]
+
+
+def test_header_bench_writes_files_the_reader_accepts(tmp_path: Path) -> None:
+    """`make bench-gguf`'s sparse files, small: the measurement keeps measuring a valid file."""
+    path = tmp_path / "sparse.gguf"
+    write_sparse(path, Shape("tiny", tokens=100, merges=50, tensors=3), 1 << 20)
+    header = assert_agrees(path)
+    assert len(header.tensors) == 3 and header.values["tokenizer.ggml.merges"] == ArrayValue(8, 50)
+    assert len(measure(path, runs=2)) == 2
