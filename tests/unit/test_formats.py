@@ -178,3 +178,20 @@ def test_unknown_family_is_a_configuration_error() -> None:
     (problem,) = caught.value.problems
     assert problem.startswith("FETCH_SKIP_FORMAT_CHECKS: expected a comma-separated list")
     assert "'gguf,pickle'" in problem
+
+
+def test_pytorch_index_left_without_its_shards_beside_safetensors_is_not_refused(
+    hf_model: Path,
+) -> None:
+    """Hugging Face repos ship both formats; FETCH_EXCLUDE=*.bin keeps the .bin index only."""
+    shards = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    pytorch_model(hf_model, shards, [])
+    check_model(hf_model, rels(hf_model))
+    (hf_model / shards[0]).write_bytes(b"PK")  # one of two present: a broken download
+    with pytest.raises(InvalidModel, match=re.escape(f"names shard {shards[1]} which is missing")):
+        check_model(hf_model, rels(hf_model))
+    for p in hf_model.glob("*.safetensors*"):
+        p.unlink()
+    (hf_model / shards[0]).unlink()  # no safetensors: the .bin index is what a loader reads
+    with pytest.raises(InvalidModel, match="which is missing"):
+        check_model(hf_model, rels(hf_model))
