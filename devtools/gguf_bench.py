@@ -24,7 +24,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from fetcher.config import parse_size
+from fetcher.units import parse_size
 from fetcher.verify.gguf import read_header
 
 BUDGET_MS = 50.0
