@@ -88,7 +88,7 @@ def _walk(root: Path, folder: Path) -> Iterator[Path]:
 
 @contextmanager
 def reading(action: str, path: Path | str) -> Iterator[None]:
-    """OSError to CacheError, as cache.py words it, with the publisher's own fix."""
+    """OSError to CacheError, as cache/oserrors.py words it, with the publisher's own fix."""
     try:
         yield
     except OSError as exc:

@@ -2,7 +2,7 @@
 
 This is the only module that imports botocore. Every botocore or socket error is mapped here,
 at the boundary, into the tree of `fetcher.errors`, the way httpx maps httpcore's exceptions.
-The bulk byte path does not go through botocore: `rangeget.py` reads presigned ranged GETs.
+The bulk byte path does not go through botocore: `transfer/http.py` reads presigned ranged GETs.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""S3 error codes mapped into our exception tree; shared by the botocore control plane
-(`source.py`) and the raw byte path (`rangeget.py`), and free of botocore so that worker
+"""S3 error codes mapped into our exception tree; shared by the control planes (`boto.py`,
+`sigv4.py`) and the raw byte path (`transfer/http.py`), and free of botocore so that worker
 processes start without importing it."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _XML_MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
 
 def map_s3_error(status: int, code: str, message: str, what: str) -> FetchError:
-    """Pick the most specific error of ours for an S3 error response (also used by rangeget)."""
+    """Pick the most specific error of ours for an S3 error response (also used by transfer/http.py)."""
     label = code or str(status)
     if code in _DENIED_CODES or status in (401, 403):
         return AccessDenied(f"access denied for {what} ({label}); check the credentials")

@@ -1,7 +1,7 @@
 """The S3 control plane without an SDK client: SigV4 from botocore.auth, requests by urllib.
 
 Used when the pod gives static keys (or anonymous access), which is the platform's case; see
-remote.py for why. botocore still does the signing, so nothing about SigV4 is hand-written
+base.py for why. botocore still does the signing, so nothing about SigV4 is hand-written
 here: only the four requests a fetch makes (ListObjectsV2, HEAD, GET of the manifest, and
 presigned GET URLs for the byte path) and the parsing of their answers.
 """

@@ -2,9 +2,9 @@
 
 One `asyncio.Semaphore` bounds the requests in flight for the whole process; each object is a
 task whose parts are tasks; the first fatal error cancels the rest (TaskGroup). A part's own
-download and its retries are `partget.py`'s; here a part is checked against the manifest, the
+download and its retries are `parts.py`'s; here a part is checked against the manifest, the
 file as a whole (by its parts, or read back for S3's full-object checksums, `_needs_read_back`),
-and only then renamed into place. Resume comes from the partial file's journal (`cache.Partial`).
+and only then renamed into place. Resume comes from the partial file's journal (`cache/partial.py`).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def file_digest(path: Path, part_size: int | None) -> str:
     if part_size is None:
         return xxh3_file(path)
     _, parts = part_hashes(path, part_size)
-    # A zero-byte file is fetched as one empty part (partget.plan_parts).
+    # A zero-byte file is fetched as one empty part (transfer/parts.plan_parts).
     return composite_xxh3(parts or [xxhash.xxh3_128_hexdigest(b"")])
 
 

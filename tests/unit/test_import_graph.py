@@ -78,3 +78,28 @@ def test_import_graph_is_acyclic() -> None:
 def test_function_level_imports_are_only_the_listed_ones() -> None:
     _, lazy = _graph()
     assert lazy == LAZY, f"unlisted: {lazy - LAZY}; listed but gone: {LAZY - lazy}"
+
+
+def test_readme_module_map_lists_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    start = readme.index("## Development")
+    section = readme[start : readme.index("```\n", readme.index("```\n", start) + 4)]
+    listed = set()
+    folder = ""
+    for line in section.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith("fetcher/") and name.endswith("/"):
+            folder = name
+            # "fetcher/observe/  log.py (...), metrics.py (...)": modules named inline
+            listed |= {folder + w.strip("(),") for w in line.split() if w.endswith(".py")}
+        elif name.startswith("fetcher/"):
+            listed.add(name)
+        elif line.startswith("  ") and name.endswith(".py"):
+            listed.add(folder + name)
+    modules = {
+        str(p.relative_to(PACKAGE.parent))
+        for p in PACKAGE.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
+    assert modules - listed == set(), "modules missing from the README's module map"
+    assert listed - modules == set(), "the README's module map names modules that do not exist"
