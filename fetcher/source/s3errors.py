@@ -39,7 +39,7 @@ _XML_MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
 
 def map_s3_error(status: int, code: str, message: str, what: str) -> FetchError:
-    """Pick the most specific error of ours for an S3 error response (also used by transfer/http.py)."""
+    """Pick the most specific error of ours for an S3 error response."""
     label = code or str(status)
     if code in _DENIED_CODES or status in (401, 403):
         return AccessDenied(f"access denied for {what} ({label}); check the credentials")
