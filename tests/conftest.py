@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
-from fetcher.cache.layout import META_DIR
 from tests.faults.proxy import FaultProxy
+from tests.helpers import BUCKET, Result, pod_env, run_fetcher
 
-BUCKET = "llm-models"
 _SCRUB = (
     "AWS_",
     "MINIO_",
@@ -81,63 +75,6 @@ def proxy(s3_server: SeaweedServer) -> Iterator[FaultProxy]:
         yield p
 
 
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr.splitlines():
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if name is None or doc.get("event") == name:
-                out.append(doc)
-        return out
-
-
-def pod_env(
-    server: SeaweedServer, prefix: str, dest: Path, endpoint: str | None = None
-) -> dict[str, str]:
-    return {
-        "MINIO_ENDPOINT": endpoint or server.endpoint,
-        "MINIO_BUCKET": BUCKET,
-        "MODEL_PREFIX": prefix,
-        "MODEL_CACHE_DIR": str(dest),
-        "MINIO_ACCESS_KEY": server.access_key,
-        "MINIO_SECRET_KEY": server.secret_key,
-        "LOG_FORMAT": "json",
-        "FETCH_TERMINATION_LOG": str(dest.parent / "termination-log"),
-    }
-
-
-def run_fetcher(
-    args: list[str],
-    env: Mapping[str, str],
-    timeout: float = 120,
-    rlimit: tuple[int, int] | None = None,
-) -> Result:
-    """`python -m fetcher ARGS`; `rlimit` is (resource.RLIMIT_..., limit) for the child only."""
-    full_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
-
-    def limit() -> None:
-        if rlimit is not None:
-            resource.setrlimit(rlimit[0], (rlimit[1], rlimit[1]))
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "fetcher", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=limit if rlimit else None,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
 @pytest.fixture
 def dest(tmp_path: Path) -> Path:
     return tmp_path / "model-cache"
@@ -151,25 +88,3 @@ def fetch(s3_server: SeaweedServer, prefix: str, dest: Path) -> Callable[..., Re
         return run_fetcher(list(args), {**pod_env(s3_server, prefix, dest, endpoint), **env})
 
     return run
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every model file under root (the fetcher's own .fetcher/ left out)."""
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and META_DIR not in p.relative_to(root).parts
-    }
-
-
-def metric(path: Path, name: str, **labels: str) -> float:
-    """The sum of a metric's samples with these labels in a textfile; absent is an error."""
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in path.read_text().splitlines()
-        if line.startswith((name + "{", name + " "))
-        and all(f'{k}="{v}"' in line for k, v in labels.items())
-    ]
-    if not values:
-        raise AssertionError(f"{name}{labels or ''} not in {path}")
-    return sum(values)

@@ -26,9 +26,17 @@ from fetcher.errors import CacheError, WorkerLost
 from fetcher.transfer.http import RangeGetter, RangeRequest
 from fetcher.transfer.parts import PartTask
 from fetcher.transfer.workers import WorkerPool
-from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy, Stall
-from tests.faults.test_reliability import popen_fetcher, wait_for_parts
+from tests.helpers import (
+    BUCKET,
+    Result,
+    metric,
+    pod_env,
+    popen_fetcher,
+    run_fetcher,
+    tree,
+    wait_for_parts,
+)
 
 MIB = 2**20
 

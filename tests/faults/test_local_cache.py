@@ -14,9 +14,8 @@ from typing import Any
 
 from devtools.seaweed import SeaweedServer, free_port
 from fetcher.cache.layout import Layout
-from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy, Status
-from tests.faults.test_reliability import mount_tmpfs
+from tests.helpers import BUCKET, Result, mount_tmpfs, pod_env, run_fetcher, tree
 
 PART = 256 * 1024
 

@@ -7,7 +7,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 
 from devtools.seaweed import SeaweedServer, free_port
 from fetcher.cache.layout import META_DIR, Layout
-from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import (
     Callback,
     FaultProxy,
@@ -27,6 +25,17 @@ from tests.faults.proxy import (
     Status,
     Truncate,
     WrongContentRange,
+)
+from tests.helpers import (
+    BUCKET,
+    Result,
+    metric,
+    mount_tmpfs,
+    pod_env,
+    popen_fetcher,
+    run_fetcher,
+    tree,
+    wait_for_parts,
 )
 
 PART = 256 * 1024
@@ -245,30 +254,6 @@ def test_corrupt_state_is_reported_by_verify_and_rebuilt_by_fetch(
 # --- crash, stop and resume -----------------------------------------------------------------
 
 
-def popen_fetcher(env: dict[str, str]) -> subprocess.Popen[str]:
-    full = {"PATH": os.environ["PATH"], **env}
-    return subprocess.Popen(
-        [sys.executable, "-m", "fetcher"],
-        env=full,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def wait_for_parts(dest: Path, n: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for journal in Layout(dest).partial_dir.glob("*.json"):
-            try:
-                if len(json.loads(journal.read_text())["done"]) >= n:
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {n} parts done after {timeout}s")
-
-
 @pytest.mark.parametrize(
     ("sig", "code", "workers"),
     [
@@ -390,14 +375,6 @@ def test_outage_with_incomplete_cache_exits_3(fetch: Callable[..., Result], dest
     res = fetch(endpoint=f"http://127.0.0.1:{free_port()}", FETCH_CONNECT_TIMEOUT="1")
     assert res.code == 3
     assert "cannot reach" in res.stderr and "incomplete" in res.stderr
-
-
-def mount_tmpfs(where: Path, options: str) -> None:
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
 
 
 def test_unwritable_cache_exits_5_with_path_and_uid(

@@ -11,8 +11,8 @@ from typing import Any
 
 from devtools.seaweed import SeaweedServer
 from fetcher.cache.layout import Layout
-from tests.conftest import BUCKET, Result, metric, tree
 from tests.faults.proxy import FaultProxy
+from tests.helpers import BUCKET, Result, metric, tree
 
 PART = 256 * 1024  # small parts make multi-part files cheap to test
 
@@ -245,7 +245,7 @@ def test_failed_fetch_does_not_run_the_command(fetch: Callable[..., Result], des
 def test_kserve_positional_form(
     s3_server: SeaweedServer, put: Callable[[str, bytes], None], prefix: str, tmp_path: Path
 ) -> None:
-    from tests.conftest import run_fetcher
+    from tests.helpers import run_fetcher
 
     put("config.json", b"{}")
     put("model.bin", b"weights")

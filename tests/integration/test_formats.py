@@ -19,7 +19,7 @@ import pytest
 
 from devtools.sample_gguf import write_gguf
 from devtools.seaweed import SeaweedServer
-from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
+from tests.helpers import BUCKET, Result, pod_env, run_fetcher, tree
 
 HTML = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>\n"
 SPLITS = [f"llama-3-8b.Q4_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]

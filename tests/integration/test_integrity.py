@@ -19,8 +19,8 @@ from devtools.seaweed import SeaweedServer, boto3_client
 from fetcher.cache.layout import Layout
 from fetcher.verify.hashes import xxh3_file
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
-from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import Callback, FaultProxy, FlipByte
+from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, tree
 
 PART = 256 * 1024  # the manifest's part size: a 1.5 MiB shard is six checked parts
 SHARD1 = "model-00001-of-00002.safetensors"

@@ -35,8 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.seaweed import SeaweedServer
 from fetcher.cache.layout import Layout
 from fetcher.observe.progress import Progress
-from tests.conftest import BUCKET, Result, pod_env, tree
 from tests.faults.proxy import Fault, FaultProxy, Throttle
+from tests.helpers import BUCKET, Result, pod_env, tree
 
 from . import promstack
 

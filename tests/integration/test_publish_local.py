@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.seaweed import SeaweedServer
-from tests.conftest import BUCKET, Result, pod_env
+from tests.helpers import BUCKET, Result, pod_env
 
 NOBODY = 65534
 FILES = {

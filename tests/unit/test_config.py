@@ -10,7 +10,7 @@ from fetcher.config import load
 from fetcher.errors import EXIT_CONFIG, ConfigError
 from fetcher.units import MiB, parse_duration, parse_size
 from fetcher.values import normalise_prefix, parse_s3_uri
-from tests.faults.test_tls import make_certs
+from tests.helpers import make_certs
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY"
 
