@@ -26,3 +26,16 @@ def _unsafe(rel: str) -> str | None:
     if parts[0] == META_DIR:
         return f"it would land in the fetcher's own {META_DIR}/ directory"
     return None
+
+
+def file_folder_clash(rels: list[str]) -> tuple[str, str] | None:
+    """The first pair (`a`, `a/b`) that would make one name both a file and a folder: S3 may
+    hold both, a directory tree cannot. The plan and the manifest both ask here."""
+    names = set(rels)
+    for rel in rels:
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in names:
+                return folder, rel
+    return None

@@ -14,7 +14,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from fetcher.cache.keys import safe_rel
+from fetcher.cache.keys import file_folder_clash, safe_rel
 from fetcher.cache.lease import CacheLease
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
@@ -69,18 +69,14 @@ def wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool
 
 
 def _refuse_file_folder_clash(rels: list[str]) -> None:
-    """S3 may hold both `a` and `a/b`; a directory cannot. Refused before any download, not
-    after the first of the two has landed (which left a partial model, exit 5)."""
-    names = set(rels)
-    for rel in rels:
-        parts = rel.split("/")
-        for depth in range(1, len(parts)):
-            folder = "/".join(parts[:depth])
-            if folder in names:
-                raise UnsafeKey(
-                    f"refusing {folder!r} and {rel!r}: the first would have to be both a file "
-                    "and a folder (exclude one with FETCH_EXCLUDE)"
-                )
+    """Refused before any download, not after the first of the two has landed (which left a
+    partial model, exit 5)."""
+    if clash := file_folder_clash(rels):
+        folder, rel = clash
+        raise UnsafeKey(
+            f"refusing {folder!r} and {rel!r}: the first would have to be both a file "
+            "and a folder (exclude one with FETCH_EXCLUDE)"
+        )
 
 
 def selected(

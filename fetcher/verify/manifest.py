@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fetcher.cache.keys import safe_rel
+from fetcher.cache.keys import file_folder_clash, safe_rel
 from fetcher.errors import ManifestError, UnsafeKey
 
 MANIFEST_NAME = ".model-manifest.json"
@@ -85,13 +85,8 @@ def _check_paths(paths: list[str]) -> None:
     if len(seen) != len(paths):
         twice = next(p for p in paths if paths.count(p) > 1)
         raise ManifestError(f"{MANIFEST_NAME}: {twice} is listed twice")
-    for path in paths:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in seen:
-                raise ManifestError(
-                    f"{MANIFEST_NAME}: {'/'.join(parts[:i])} is both a file and a directory"
-                )
+    if clash := file_folder_clash(paths):
+        raise ManifestError(f"{MANIFEST_NAME}: {clash[0]} is both a file and a directory")
 
 
 def _file(entry: object) -> ManifestFile:
