@@ -67,7 +67,11 @@ environment only:
   MINIO_ACCESS_KEY, MINIO_SECRET_KEY (or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY),
   AWS_SESSION_TOKEN, awsAnonymousCredential, S3_USE_HTTPS, MINIO_TLS_VERIFY, S3_VERIFY_SSL,
   MINIO_CA_BUNDLE, AWS_CA_BUNDLE, PUSHGATEWAY_URL, METRICS_TEXTFILE, FETCH_PROGRESS_INTERVAL,
-  FETCH_WATCH_INTERVAL, FETCH_LEASE_TTL, FETCH_TERMINATION_LOG, FETCH_DIRECT_IO, POD_NAME
+  FETCH_WATCH_INTERVAL, FETCH_LEASE_TTL, FETCH_TERMINATION_LOG, FETCH_DIRECT_IO, POD_NAME,
+  FETCH_MANIFEST_VERSION, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN,
+  MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_INSECURE_TLS,
+  MLFLOW_TRACKING_SERVER_CERT_PATH, MODEL_REGISTRY_BASE_URL, MODEL_REGISTRY_SCHEME,
+  MODEL_REGISTRY_TOKEN_FILE
 Without keys, botocore's credential chain (web identity, shared config) decides.
 The command may be left out: "model-fetcher s3://bucket/prefix/ /mnt/models" fetches."""
 
@@ -122,10 +126,16 @@ def _add_command(sub: argparse._SubParsersAction[_Parser], name: Command) -> _Pa
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     if name in ("fetch", "sidecar"):
-        parser.add_argument("src", nargs="?", metavar="SRC_URI", help="s3://BUCKET/PREFIX/")
+        parser.add_argument(
+            "src", nargs="?", metavar="SRC_URI",
+            help="s3://BUCKET/PREFIX/, models:/NAME/VERSION, models:/NAME@ALIAS or "
+            "model-registry://[HOST:PORT/]MODEL[/VERSION] [env MODEL_URI]",
+        )  # fmt: skip
     if name == "publish":
         parser.add_argument("local_dir", nargs="?", metavar="LOCAL_DIR", help="model to upload")
         parser.add_argument("src", nargs="?", metavar="S3_URI", help="s3://BUCKET/PREFIX/")
+        parser.add_argument("--register", metavar="NAME", help="register in MLflow as NAME")
+        parser.add_argument("--alias", metavar="ALIAS", help="with --register: move ALIAS to it")
     else:
         parser.add_argument("dest_arg", nargs="?", metavar="DEST", help="model directory")
         _add_flags(parser, "location", [_DEST_FLAG])

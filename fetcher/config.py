@@ -24,6 +24,12 @@ from typing import Literal, TypedDict, TypeVar
 
 from fetcher.args import USAGE, Command, parse_command_line
 from fetcher.errors import ConfigError
+from fetcher.source.registry.uri import (
+    RegistryRef,
+    RegistrySettings,
+    is_registry_uri,
+    parse_registry_uri,
+)
 from fetcher.tls import tls_context
 from fetcher.units import MiB, parse_bool
 from fetcher.values import (
@@ -95,6 +101,12 @@ class Config:
     skip_format_checks: frozenset[str] = frozenset()  # FETCH_SKIP_FORMAT_CHECKS (formats.py)
     local_dir: Path | None = None  # publish's LOCAL_DIR
     termination_log: Path = Path("/dev/termination-log")
+    # Issue 15: a registry URI is resolved at run time into bucket and prefix (fetch.py).
+    registry_ref: RegistryRef | None = None
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    manifest_version: str | None = None  # FETCH_MANIFEST_VERSION: the manifest's VersionId
+    register: str | None = None  # publish --register NAME
+    register_alias: str | None = None  # publish --alias ALIAS
 
     @property
     def https(self) -> bool:
@@ -155,13 +167,17 @@ class _Reader:
 def _positionals(ns: argparse.Namespace, command: Command) -> tuple[str | None, str | None]:
     src: str | None = getattr(ns, "src", None)
     dest: str | None = getattr(ns, "dest_arg", None)
-    looks_like_uri = src is not None and ("://" in src or src.lower().startswith(("s3:", "minio:")))
+    looks_like_uri = src is not None and (
+        "://" in src or src.lower().startswith(("s3:", "minio:")) or is_registry_uri(src)
+    )
     if command != "publish" and src is not None and dest is None and not looks_like_uri:
         return None, src  # a lone path is DEST; the source comes from flags or environment
     return src, dest
 
 
 def _bucket_and_prefix(r: _Reader, command: Command, src: str | None) -> tuple[str, str]:
+    if src is not None and command != "publish" and is_registry_uri(src):
+        return "", ""  # resolved at run time
     if src is not None:
         where = "S3_URI" if command == "publish" else "SRC_URI"
         return r.parse((where, src), parse_s3_uri, ("", ""))
@@ -170,6 +186,31 @@ def _bucket_and_prefix(r: _Reader, command: Command, src: str | None) -> tuple[s
     if command in ("fetch", "sidecar", "publish") and r.find("MINIO_BUCKET", "--bucket") is None:
         r.problems.append("bucket: not set (pass s3://BUCKET/PREFIX/, --bucket or MINIO_BUCKET)")
     return bucket, prefix
+
+
+def _registry_ref(r: _Reader, command: Command, src: str | None) -> RegistryRef | None:
+    if src is None or command == "publish" or not is_registry_uri(src):
+        if getattr(r.ns, "alias", None) and not getattr(r.ns, "register", None):
+            r.problems.append("--alias: only with --register NAME")
+        return None
+    return r.parse(("SRC_URI", src), parse_registry_uri, None)
+
+
+def _registry_settings(r: _Reader) -> RegistrySettings:
+    """MLflow's and Kubeflow's own variables; the secrets are read directly (never quoted)."""
+    names = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
+    secret = {name: r.env.get(name, "").strip() or None for name in names}
+    return RegistrySettings(
+        mlflow_uri=r.get("MLFLOW_TRACKING_URI", None, http_url, None),
+        mlflow_token=secret["MLFLOW_TRACKING_TOKEN"],
+        mlflow_username=r.get("MLFLOW_TRACKING_USERNAME", None, str, None),
+        mlflow_password=secret["MLFLOW_TRACKING_PASSWORD"],
+        mlflow_insecure_tls=r.get("MLFLOW_TRACKING_INSECURE_TLS", None, parse_bool, False),
+        mlflow_cert_path=r.get("MLFLOW_TRACKING_SERVER_CERT_PATH", None, str, None),
+        kubeflow_base_url=r.get("MODEL_REGISTRY_BASE_URL", None, str, None),
+        kubeflow_scheme=r.get("MODEL_REGISTRY_SCHEME", None, choice(("http", "https")), "http"),
+        kubeflow_token_file=r.get("MODEL_REGISTRY_TOKEN_FILE", None, absolute, None),
+    )
 
 
 def _dest(r: _Reader, dest_arg: str | None) -> Path:
@@ -356,6 +397,9 @@ def load(
     r = _Reader(ns, env)
     r.problems.extend(problems)
     src, dest_arg = _positionals(ns, command)
+    if src is None and command in ("fetch", "sidecar") and (found := r.find("MODEL_URI")):
+        src = found[1]
+    registry_ref = _registry_ref(r, command, src)
     bucket, prefix = _bucket_and_prefix(r, command, src)
     if command == "publish":
         local_dir = _local_dir(r, getattr(ns, "local_dir", None))
@@ -379,6 +423,11 @@ def load(
         local_dir=local_dir,
         identity=_identity(r, hostname),
         serve_cmd=ns.serve_cmd,
+        registry_ref=registry_ref,
+        registry=_registry_settings(r),
+        manifest_version=r.get("FETCH_MANIFEST_VERSION", None, str, None),
+        register=getattr(ns, "register", None),
+        register_alias=getattr(ns, "alias", None),
         **_settings(r, command, stderr_isatty),
     )
     if r.problems:

@@ -4,9 +4,12 @@
     ├─ ConfigError                        exit 2   bad flag or environment; never retried
     ├─ SourceError                        exit 3
     │  ├─ ObjectNotFound                           no such bucket, prefix or key
+    │  │  └─ RegistryNotFound                      no such registered model, version or alias
     │  ├─ AccessDenied                             bad credentials, forbidden
     │  ├─ SourceUnreachable                        connection refused, DNS, timeouts
-    │  │  └─ TLSFailure                            untrusted certificate, handshake failed
+    │  │  ├─ TLSFailure                            untrusted certificate, handshake failed
+    │  │  └─ RegistryUnreachable                   the model registry cannot be reached
+    │  ├─ RegistryRefused                          a version deleted, failed or archived
     │  └─ TransientSourceError                     5xx, SlowDown, reset, short body: retried
     ├─ IntegrityError                     exit 4
     │  ├─ ObjectChanged                            412 on If-Match: the object was replaced
@@ -72,6 +75,18 @@ class SourceUnreachable(SourceError):
 
 class TLSFailure(SourceUnreachable):
     """The endpoint answered but TLS failed (untrusted certificate): retrying cannot help."""
+
+
+class RegistryNotFound(ObjectNotFound):
+    """The registry answered, and has no such model, version or alias."""
+
+
+class RegistryUnreachable(SourceUnreachable):
+    """The model registry cannot be reached (or answers 5xx): a complete cache is served."""
+
+
+class RegistryRefused(SourceError):
+    """The registry names a version that must not be served (deleted, failed, archived)."""
 
 
 class TransientSourceError(SourceError):

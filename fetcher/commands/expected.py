@@ -4,6 +4,7 @@ nothing but the ETag pin (and then the log says that the source was not verified
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -28,37 +29,61 @@ _COMPOSITE = re.compile(r"-\d+$")
 
 
 async def load_manifest(
-    src: ControlPlane, cache: Cache, listing: list[RemoteObject]
-) -> Manifest | None:
-    """The remote manifest, from the local copy when its ETag is unchanged (no GET)."""
+    src: ControlPlane,
+    cache: Cache,
+    listing: list[RemoteObject],
+    version_id: str | None = None,
+    prefix: str = "",
+) -> tuple[Manifest, str] | None:
+    """The remote manifest and the sha256 of its bytes, from the local copy when its ETag
+    (or the pinned `version_id`) is unchanged (no GET). A pinned version is read even when
+    the latest manifest was deleted or overwritten."""
     entry = next((o for o in listing if o.rel == MANIFEST_NAME), None)
-    if entry is None:
+    if entry is None and version_id is None:
         return None
-    if entry.size > MAX_MANIFEST:
+    if entry is not None and version_id is None and entry.size > MAX_MANIFEST:
         raise ManifestError(f"{MANIFEST_NAME} is {entry.size} bytes: too large to be a manifest")
+    pin = {"version_id": version_id} if version_id else {"etag": entry.etag if entry else ""}
     copy = cache.meta / "manifest.json"
     try:
         doc = json.loads(copy.read_text(encoding="utf-8"))
-        if doc["etag"] == entry.etag:
-            return Manifest.loads(doc["body"])
-    except (OSError, ValueError, KeyError, TypeError, ManifestError):
+        if all(doc.get(k) == v for k, v in pin.items()):
+            return Manifest.loads(doc["body"]), _sha256(doc["body"].encode("utf-8"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ManifestError):
         pass  # no usable copy: fetch it
-    body = await src.get_bytes(entry.key, etag=entry.etag)
+    key = entry.key if entry else prefix + MANIFEST_NAME
+    etag = None if version_id else (entry.etag if entry else None)
+    body = await src.get_bytes(key, etag=etag, version_id=version_id)
+    if len(body) > MAX_MANIFEST:
+        raise ManifestError(f"{MANIFEST_NAME} is {len(body)} bytes: too large to be a manifest")
     manifest = Manifest.loads(body)
-    await asyncio.to_thread(
-        write_json_atomic, copy, {"etag": entry.etag, "body": body.decode("utf-8")}
-    )
-    return manifest
+    await asyncio.to_thread(write_json_atomic, copy, {**pin, "body": body.decode("utf-8")})
+    return manifest, _sha256(body)
+
+
+def _sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 def manifest_jobs(
-    objs: list[RemoteObject], manifest: Manifest, wanted: Callable[[str], bool]
+    objs: list[RemoteObject],
+    manifest: Manifest,
+    wanted: Callable[[str], bool],
+    prefix: str = "",
 ) -> list[Job]:
-    """Every wanted manifest file must be listed with the same size; others are skipped."""
+    """Every wanted manifest file must be listed with the same size; others are skipped.
+
+    A file with a version_id is that object version, whatever the listing says now: the
+    latest may have been overwritten or deleted since publish (issue 15)."""
     listed = {o.rel: o for o in objs}
     by_path = {p: mf for p, mf in manifest.by_path().items() if wanted(p)}
+    pinned = {
+        p: RemoteObject(prefix + p, p, mf.size, mf.etag or "", mf.version_id)
+        for p, mf in by_path.items()
+        if mf.version_id
+    }
     for path, mf in by_path.items():
-        obj = listed.get(path)
+        obj = pinned.get(path) or listed.get(path)
         if obj is None:
             raise ManifestError(f"{MANIFEST_NAME} names {path}, which is missing from the bucket")
         if obj.size != mf.size:
@@ -73,7 +98,7 @@ def manifest_jobs(
             files=extra[:20],
         )
     return [
-        Job(listed[p], Expected(mf.xxh3, mf.part_size, mf.parts, "manifest"))
+        Job(pinned.get(p) or listed[p], Expected(mf.xxh3, mf.part_size, mf.parts, "manifest"))
         for p, mf in by_path.items()
     ]
 

@@ -9,6 +9,7 @@ with a complete cache is a warning, not a failure.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import time
 from contextlib import suppress
@@ -19,13 +20,15 @@ from fetcher.cache.lease import CacheLease
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
 from fetcher.commands.expected import add_s3_checksums, load_manifest, manifest_jobs
+from fetcher.commands.served import info_labels, source_record
 from fetcher.config import Config
-from fetcher.errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
+from fetcher.errors import CacheError, FetchError, ManifestError, SourceUnreachable, UnsafeKey
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics
 from fetcher.observe.progress import Progress
 from fetcher.source.base import ControlPlane, RemoteObject
 from fetcher.source.factory import open_source
+from fetcher.source.registry.resolve import Resolved, resolve
 from fetcher.transfer.engine import Transfer
 from fetcher.transfer.plan import Job
 from fetcher.verify.checks import check_model
@@ -56,6 +59,7 @@ class Outcome:
     plan: Plan
     served_offline: bool = False
     resumed_bytes: int = 0  # of plan.fetch_bytes, already on disk from an interrupted run
+    cfg: Config | None = None  # with a registry URI: the config at the resolved location
 
 
 def wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
@@ -85,16 +89,16 @@ def selected(
     return [o for o in objs if wanted(o.rel, include, exclude)]
 
 
-def source_id(cfg: Config) -> dict[str, str]:
-    return {"endpoint": cfg.endpoint or "aws", "bucket": cfg.bucket, "prefix": cfg.prefix}
-
-
 def is_complete(state: State, cache: Cache, cfg: Config) -> bool:
-    """The cache holds a whole verified model of this source, as far as stat() can tell."""
-    same = {k: state.source.get(k) for k in ("bucket", "prefix")} == {
-        "bucket": cfg.bucket,
-        "prefix": cfg.prefix,
-    }
+    """The cache holds a whole verified model of this source, as far as stat() can tell.
+    Under a registry URI that is the model last resolved from the same URI."""
+    if cfg.registry_ref is not None:
+        same = state.source.get("uri") == cfg.registry_ref.uri
+    else:
+        same = {k: state.source.get(k) for k in ("bucket", "prefix")} == {
+            "bucket": cfg.bucket,
+            "prefix": cfg.prefix,
+        }
     return same and cache.holds_complete(state)
 
 
@@ -165,6 +169,9 @@ class Fetch:
         self.started = time.monotonic()
         self.resumed_bytes = 0
         self.manifest: Manifest | None = None
+        self.manifest_sha256: str | None = None
+        self.resolved: Resolved | None = None
+        self.source: dict[str, str] = {}  # the state's record of what is served (served.py)
 
     async def run(self) -> Outcome:
         if note := skipped_note(self.cfg.skip_format_checks):
@@ -173,6 +180,11 @@ class Fetch:
         async with CacheLease(self.cache, self.cfg.identity, self.cfg.lease_ttl):
             state = self.cache.load_state()
             self.cache.recover(state)
+            if self.cfg.registry_ref is not None:
+                try:
+                    await self._resolve()
+                except SourceUnreachable as exc:  # the registry down: like a MinIO outage
+                    return await self._offline(state, exc)
             async with open_source(self.cfg) as src:
                 try:
                     listing = await src.list_prefix(self.cfg.prefix)
@@ -182,12 +194,29 @@ class Fetch:
                 plan = await make_plan(jobs, state, self.cache, self.cfg)
                 if not self.manifest and plan.fetch:
                     await add_s3_checksums(src, plan.fetch)
+                self.source = source_record(self.cfg, self.resolved, self.manifest_sha256, jobs)
                 try:
                     await self._apply(src, plan, state)
                 except FetchError as exc:
                     self._record_failure(state, exc)
                     raise
-            return Outcome(state, plan, resumed_bytes=self.resumed_bytes)
+            self.metrics.model_info(info_labels(state.source))
+            return Outcome(state, plan, resumed_bytes=self.resumed_bytes, cfg=self.cfg)
+
+    async def _resolve(self) -> None:
+        """A registry URI to its s3:// location, at every start: an alias may have moved."""
+        assert self.cfg.registry_ref is not None
+        self.resolved = await resolve(self.cfg, self.cfg.registry_ref)
+        self.cfg = self.resolved.apply(self.cfg)
+        log.event(
+            "resolved",
+            self.resolved.chain(),
+            uri=self.resolved.uri,
+            version=self.resolved.version,
+            location=self.resolved.location,
+            manifest_sha256=self.resolved.manifest_sha256,
+            manifest_version=self.resolved.manifest_version,
+        )
 
     def _record_failure(self, state: State, exc: FetchError) -> None:
         """Leave the reason in the state, so `verify` and `status` can say it later."""
@@ -203,12 +232,34 @@ class Fetch:
         _refuse_file_folder_clash([obj.rel for obj in objs])
         if "gguf" not in self.cfg.skip_format_checks:
             check_split_names(obj.rel for obj in objs)  # a split missing from the bucket
-        self.manifest = await load_manifest(src, self.cache, listing)
+        await self._load_manifest(src, listing)
         if self.manifest is None:
             return [Job(obj) for obj in objs]
         return manifest_jobs(
-            objs, self.manifest, lambda rel: wanted(rel, self.cfg.include, self.cfg.exclude)
+            objs,
+            self.manifest,
+            lambda rel: wanted(rel, self.cfg.include, self.cfg.exclude),
+            self.cfg.prefix,
         )
+
+    async def _load_manifest(self, src: ControlPlane, listing: list[RemoteObject]) -> None:
+        """The manifest by the version the registry (or FETCH_MANIFEST_VERSION) names, held
+        to the sha256 the registry recorded for it at `publish --register`."""
+        pinned = self.resolved.manifest_version if self.resolved else self.cfg.manifest_version
+        promised = self.resolved.manifest_sha256 if self.resolved else None
+        loaded = await load_manifest(src, self.cache, listing, pinned, self.cfg.prefix)
+        if loaded is None:
+            if promised:
+                raise ManifestError(
+                    f"{MANIFEST_NAME} is missing, but the registry recorded sha256:{promised}"
+                )
+            return
+        self.manifest, self.manifest_sha256 = loaded
+        if promised and promised != self.manifest_sha256:
+            raise ManifestError(
+                f"{MANIFEST_NAME} has sha256:{self.manifest_sha256}, "
+                f"but the registry recorded sha256:{promised} for this version"
+            )
 
     async def _offline(self, state: State, exc: SourceUnreachable) -> Outcome:
         if not is_complete(state, self.cache, self.cfg):
@@ -226,17 +277,23 @@ class Fetch:
             f"{exc}; serving the complete cached model ({len(state.files)} files)",
         )
         self.metrics.source_unreachable.set(1)
+        self.metrics.model_info(info_labels(state.source))
         cached = sum(fs.size for fs in state.files.values())
         self._record_sizes(expected=cached, cached=cached, cached_files=len(state.files))
-        return Outcome(state, Plan(), served_offline=True)
+        # Under a registry URI the location is the one last resolved (a sidecar watches it).
+        served = self.cfg
+        if self.cfg.registry_ref is not None:
+            bucket, prefix = state.source.get("bucket", ""), state.source.get("prefix", "")
+            served = dataclasses.replace(self.cfg, bucket=bucket, prefix=prefix)
+        return Outcome(state, Plan(), served_offline=True, cfg=served)
 
     async def _apply(self, src: ControlPlane, plan: Plan, state: State) -> None:
         changed = bool(plan.fetch or plan.remove) or not state.complete
-        if changed or state.source != source_id(self.cfg):
+        if changed or state.source != self.source:
             # Files about to be replaced stay recorded (their old copy is still ours to clean
             # up if the new version never arrives); `complete` says the set is not whole.
             self._prune(plan, state)
-            state.source, state.complete = source_id(self.cfg), False
+            state.source, state.complete = dict(self.source), False
             self.cache.save_state(state)
         self._check_space(plan)
         self._log_start(plan)
@@ -301,6 +358,7 @@ class Fetch:
             "start",
             f"fetching {len(plan.fetch)} files ({_gib(plan.fetch_bytes)}), "
             f"{len(plan.keep)} cached ({_gib(plan.keep_bytes)})",
+            chain=self.source.get("chain"),
             endpoint=self.cfg.endpoint,
             bucket=self.cfg.bucket,
             prefix=self.cfg.prefix,

@@ -8,16 +8,19 @@ which lets a re-run skip files the bucket already holds with the same size and c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fetcher.cache.keys import safe_rel
 from fetcher.cache.layout import META_DIR
 from fetcher.cache.oserrors import cache_error
+from fetcher.commands.register import register_published
 from fetcher.config import Config
 from fetcher.errors import CacheError, FetchError
 from fetcher.observe import log
@@ -118,8 +121,11 @@ async def publish(cfg: Config) -> int:
         up = _Uploader(cfg, src)
         entries = await up.hash_all(files)
         await run_all(up.upload_if_needed(f, e) for f, e in zip(files, entries, strict=True))
-        manifest = Manifest(files=list(entries))
-        await src.put(cfg.prefix + MANIFEST_NAME, manifest.dumps().encode(), {})
+        manifest = Manifest(files=[up.pinned.get(e.path, e) for e in entries])
+        body = manifest.dumps().encode()
+        written = await src.put(cfg.prefix + MANIFEST_NAME, body, {})
+    if cfg.register:
+        await register_published(cfg, body, _version_id(written))
     took = time.monotonic() - started
     log.event(
         "published",
@@ -141,6 +147,8 @@ class _Uploader:
         self.parts_inflight = asyncio.Semaphore(max(1, _UPLOAD_BUFFER // typical))
         self.hashing = asyncio.Semaphore(os.cpu_count() or 2)
         self.uploaded = self.skipped = 0
+        # Entries with the VersionId and ETag each object got, when the bucket versions them.
+        self.pinned: dict[str, ManifestFile] = {}
 
     async def hash_all(self, files: list[LocalFile]) -> list[ManifestFile]:
         """Manifest entries, in the order of `files`; files are hashed in parallel."""
@@ -163,8 +171,9 @@ class _Uploader:
 
     async def upload_if_needed(self, f: LocalFile, entry: ManifestFile) -> None:
         key = self.cfg.prefix + f.rel
-        if await self._already_there(key, entry):
+        if (head := await self._already_there(key, entry)) is not None:
             self.skipped += 1
+            self._pin(entry, head)
             return
         meta = {"xxh3": entry.xxh3}
         part_size = upload_part_size(f.size, self.cfg.part_size)
@@ -172,25 +181,34 @@ class _Uploader:
             async with self.parts_inflight:
                 with reading("read", f.path):
                     data = await asyncio.to_thread(f.path.read_bytes)
-                await self.src.put(key, data, meta)
+                written = await self.src.put(key, data, meta)
         else:
-            await self._multipart(f, key, meta, part_size)
+            written = await self._multipart(f, key, meta, part_size)
+        self._pin(entry, written)
         self.uploaded += 1
         log.event("file_published", f"uploaded {f.rel}", file=f.rel, bytes=f.size)
 
-    async def _already_there(self, key: str, entry: ManifestFile) -> bool:
+    def _pin(self, entry: ManifestFile, answer: Mapping[str, Any]) -> None:
+        version_id = _version_id(answer)
+        if version_id:
+            pinned = dataclasses.replace(entry, version_id=version_id, etag=str(answer["ETag"]))
+            self.pinned[entry.path] = pinned
+
+    async def _already_there(self, key: str, entry: ManifestFile) -> Mapping[str, Any] | None:
+        """The HEAD of the object when it already holds these bytes."""
         head = await self.src.head(key)
         if head is None:
-            return False
-        return head.size == entry.size and head.metadata.get("xxh3") == entry.xxh3
+            return None
+        same = head.size == entry.size and head.metadata.get("xxh3") == entry.xxh3
+        return {"ETag": head.etag, "VersionId": head.version_id} if same else None
 
     async def _multipart(
         self, f: LocalFile, key: str, meta: dict[str, str], part_size: int
-    ) -> None:
+    ) -> Mapping[str, Any]:
         upload_id = await self.src.create_multipart(key, meta)
         try:
             etags = await self._upload_parts(f, key, upload_id, part_size)
-            await self.src.complete_multipart(key, upload_id, etags)
+            return await self.src.complete_multipart(key, upload_id, etags)
         except BaseException:
             await self._abort(key, upload_id)
             raise
@@ -216,6 +234,12 @@ class _Uploader:
             await self.src.abort_multipart(key, upload_id)
         except FetchError:
             log.warning("abort_failed", f"could not abort the multipart upload of {key}")
+
+
+def _version_id(answer: Mapping[str, Any]) -> str | None:
+    """S3 says "null" for an object written while versioning was suspended: no version."""
+    version_id = answer.get("VersionId")
+    return str(version_id) if version_id and version_id != "null" else None
 
 
 def _read_at(path: Path, offset: int, length: int) -> bytes:

@@ -13,6 +13,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry
 
 from fetcher.commands.fetch import Fetch, Outcome, summary
+from fetcher.commands.served import report_served
 from fetcher.config import Config
 from fetcher.errors import SourceError
 from fetcher.observe.metrics import Metrics, MetricsServer, push, write_textfile
@@ -59,6 +60,7 @@ async def measured_fetch(
         if push_success or not ok:
             await push_metrics(cfg, registry)
     summary(outcome, started)
+    report_served(cfg.termination_log, outcome.state.source)
     return outcome
 
 

@@ -3,7 +3,9 @@
 For a Kubernetes native sidecar (an init container with `restartPolicy: Always`): its
 `/readyz` gates the serving container, and its metrics stay scrapeable for the pod's life.
 It never changes files under a running server; with FETCH_WATCH_INTERVAL it only re-lists
-the prefix and reports drift in `model_fetcher_remote_drift_files`.
+the prefix and reports drift in `model_fetcher_remote_drift_files`, and under a registry
+alias re-resolves it and reports `model_fetcher_source_drift{reason="alias_moved"}` when the
+alias names another version than the one served (issue 15).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fetcher.errors import FetchError, ObjectNotFound
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics, MetricsServer
 from fetcher.source.factory import open_source
+from fetcher.source.registry.resolve import resolve
 
 DEFAULT_PORT = 9090
 
@@ -30,27 +33,32 @@ async def sidecar(cfg: Config) -> int:
     metrics = Metrics(registry, cfg.bucket, cfg.prefix)
     port = DEFAULT_PORT if cfg.metrics_port is None else cfg.metrics_port
     async with MetricsServer(port, metrics, cfg.metrics_host) as server:
-        await measured_fetch(cfg, metrics, registry, push_success=False)
+        outcome = await measured_fetch(cfg, metrics, registry, push_success=False)
+        served = outcome.state.source.get("version")
         server.ready = True  # before the push: a slow Pushgateway must not hold serving back
         log.event(
             "ready", "model ready; serving health and metrics until stopped", port=server.port
         )
         try:
             await push_metrics(cfg, registry)
-            await _watch(cfg, metrics)
+            await _watch(outcome.cfg or cfg, metrics, cfg, served)
         except asyncio.CancelledError:
             log.event("stopping", "stop signal received; the model stays in place")
             return 0
     return 0
 
 
-async def _watch(cfg: Config, metrics: Metrics) -> None:
+async def _watch(cfg: Config, metrics: Metrics, given: Config, served: str | None) -> None:
+    """`cfg` is at the location served; `given` still names the registry URI, if any."""
     if cfg.watch_interval is None:
         await asyncio.Event().wait()  # until cancelled by SIGTERM
     assert cfg.watch_interval is not None
     reported = 0
+    moved: str | None = None
     while True:
         await asyncio.sleep(cfg.watch_interval)
+        if given.registry_ref is not None and given.registry_ref.alias is not None:
+            moved = await _alias_moved(given, metrics, served, moved)
         try:
             drift = await remote_drift(cfg)
         except FetchError as exc:
@@ -62,6 +70,30 @@ async def _watch(cfg: Config, metrics: Metrics) -> None:
             level = logging.WARNING if drift else logging.INFO
             message = f"{drift} files differ between the bucket and the cache"
             log.event("drift", message, level, files=drift)
+
+
+async def _alias_moved(
+    given: Config, metrics: Metrics, served: str | None, reported: str | None
+) -> str | None:
+    """The version the alias names now, when not the one served (logged once per move)."""
+    assert given.registry_ref is not None
+    try:
+        now = (await resolve(given, given.registry_ref)).version
+    except FetchError as exc:
+        log.warning("watch_failed", f"could not re-resolve {given.registry_ref.uri}: {exc}")
+        return reported
+    moved = now if now != served else None
+    metrics.source_drift("alias_moved", moved is not None)
+    if moved != reported and moved is not None:
+        log.warning(
+            "alias_moved",
+            f"{given.registry_ref.uri} now names version {now}; serving version {served} "
+            "until the pod restarts",
+            uri=given.registry_ref.uri,
+            served=served,
+            current=now,
+        )
+    return moved
 
 
 async def remote_drift(cfg: Config) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -21,6 +22,7 @@ from fetcher.errors import ConfigError
 from fetcher.observe import log
 
 _LABELS = ("bucket", "prefix")
+INFO_LABELS = ("source", "version", "digest", "signer")
 _RESULTS = ("downloaded", "cached", "removed", "failed")
 # Ranged GETs of 32 MiB parts take 20 ms on loopback to minutes on a congested link.
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -82,6 +84,27 @@ class Metrics:
             "model_fetcher_remote_drift_files",
             "Files that differ between the cache and the bucket (sidecar watch).",
         )
+        # What is served (issue 15; issue 12 adds the signer): one series, 1, replaced when
+        # the model changes. "" for what is not known (no registry, no signature).
+        self._model_info = Gauge(
+            "model_fetcher_model_info",
+            "The model being served: its source, registry version, digest and signer.",
+            INFO_LABELS,
+            registry=registry,
+        )
+        self._source_drift = Gauge(
+            "model_fetcher_source_drift",
+            "1 when the source no longer names what is served (sidecar watch), by reason.",
+            ("reason",),
+            registry=registry,
+        )
+
+    def model_info(self, labels: Mapping[str, str]) -> None:
+        self._model_info.clear()
+        self._model_info.labels(**{name: labels.get(name, "") for name in INFO_LABELS}).set(1)
+
+    def source_drift(self, reason: str, drifted: bool) -> None:
+        self._source_drift.labels(reason=reason).set(1 if drifted else 0)
 
     def retry(self, reason: str) -> None:
         self._retries.labels(**self._lv, reason=reason).inc()

@@ -31,6 +31,7 @@ class RemoteObject:
     rel: str
     size: int
     etag: str
+    version_id: str | None = None  # an S3 object version pinned by the manifest (issue 15)
 
 
 CHECKSUM_NAMES = {  # header suffix -> S3's field name (as botocore spells it)
@@ -50,6 +51,7 @@ class ObjectHead:
     metadata: Mapping[str, str] = field(default_factory=dict)  # x-amz-meta-*, names lower-case
     # Full-object checksums only, by S3's field name (ChecksumSHA256, ...), base64 as S3 sends.
     checksums: Mapping[str, str] = field(default_factory=dict)
+    version_id: str | None = None  # in a versioned bucket, the version HEAD answered for
 
 
 def full_object_checksums(values: Mapping[str, str], checksum_type: str | None) -> dict[str, str]:
@@ -87,6 +89,10 @@ class ControlPlane(Protocol):
         """HEAD `key` (None when there is no such object); `checksums` asks S3 for them."""
         ...
 
-    async def get_bytes(self, key: str, etag: str | None = None) -> bytes: ...
+    async def get_bytes(
+        self, key: str, etag: str | None = None, version_id: str | None = None
+    ) -> bytes: ...
 
-    async def presign_get(self, key: str, expires: int = 3600) -> str: ...
+    async def presign_get(
+        self, key: str, expires: int = 3600, version_id: str | None = None
+    ) -> str: ...

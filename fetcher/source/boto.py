@@ -150,9 +150,13 @@ class Source:
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._map(exc, f"list {where}") from exc
 
-    async def get_bytes(self, key: str, etag: str | None = None) -> bytes:
+    async def get_bytes(
+        self, key: str, etag: str | None = None, version_id: str | None = None
+    ) -> bytes:
         """A whole small object (the manifest) in memory."""
         extra = {"IfMatch": etag} if etag else {}
+        if version_id:
+            extra["VersionId"] = version_id
         try:
             resp = await self._client.get_object(Bucket=self.bucket, Key=key, **extra)
             async with resp["Body"] as body:
@@ -161,10 +165,15 @@ class Source:
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._map(exc, f"get s3://{self.bucket}/{key}") from exc
 
-    async def presign_get(self, key: str, expires: int = 3600) -> str:
+    async def presign_get(
+        self, key: str, expires: int = 3600, version_id: str | None = None
+    ) -> str:
+        params = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            params["VersionId"] = version_id
         try:
             url: str = await self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+                "get_object", Params=params, ExpiresIn=expires
             )
         except (BotoCoreError, ClientError) as exc:
             raise self._map(exc, f"presign s3://{self.bucket}/{key}") from exc
@@ -190,10 +199,15 @@ class Source:
             etag=str(resp.get("ETag", "")),
             metadata={str(k).lower(): str(v) for k, v in resp.get("Metadata", {}).items()},
             checksums=full_object_checksums(found, None if kind is None else str(kind)),
+            version_id=str(resp["VersionId"]) if resp.get("VersionId") else None,
         )
 
-    async def put(self, key: str, data: bytes, meta: Mapping[str, str]) -> None:
-        await self._call("put", "put_object", Key=key, Body=data, Metadata=dict(meta))
+    async def put(self, key: str, data: bytes, meta: Mapping[str, str]) -> Mapping[str, Any]:
+        """The object's ETag and, in a versioned bucket, its VersionId."""
+        resp: Mapping[str, Any] = await self._call(
+            "put", "put_object", Key=key, Body=data, Metadata=dict(meta)
+        )
+        return resp
 
     async def create_multipart(self, key: str, meta: Mapping[str, str]) -> str:
         resp = await self._call("upload", "create_multipart_upload", Key=key, Metadata=dict(meta))
@@ -205,15 +219,18 @@ class Source:
         )
         return str(resp["ETag"])
 
-    async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+    async def complete_multipart(
+        self, key: str, upload_id: str, etags: list[str]
+    ) -> Mapping[str, Any]:
         parts = [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]
-        await self._call(
+        resp: Mapping[str, Any] = await self._call(
             "upload",
             "complete_multipart_upload",
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
         )
+        return resp
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._call("abort upload", "abort_multipart_upload", Key=key, UploadId=upload_id)

@@ -171,20 +171,30 @@ class SignedSource:
             etag=lower.get("etag", ""),
             metadata=_user_metadata(lower),
             checksums=full_object_checksums(found, lower.get("x-amz-checksum-type")),
+            version_id=lower.get("x-amz-version-id") or None,
         )
 
-    async def get_bytes(self, key: str, etag: str | None = None) -> bytes:
+    async def get_bytes(
+        self, key: str, etag: str | None = None, version_id: str | None = None
+    ) -> bytes:
         headers = {"If-Match": etag} if etag else {}
-        _, body = await self._call("GET", self._url(key), f"get s3://{self.bucket}/{key}", headers)
+        url = self._url(key, _version(version_id))
+        _, body = await self._call("GET", url, f"get s3://{self.bucket}/{key}", headers)
         return body
 
-    async def presign_get(self, key: str, expires: int = 3600) -> str:
-        url = self._url(key)
+    async def presign_get(
+        self, key: str, expires: int = 3600, version_id: str | None = None
+    ) -> str:
+        url = self._url(key, _version(version_id))
         if self.creds is None:
             return url
         req = AWSRequest(method="GET", url=url)
         S3SigV4QueryAuth(self.creds, "s3", self.cfg.region, expires=expires).add_auth(req)
         return str(req.url)
+
+
+def _version(version_id: str | None) -> dict[str, str] | None:
+    return {"versionId": version_id} if version_id else None
 
 
 def _parse_listing(body: bytes, prefix: str) -> tuple[list[RemoteObject], str | None]:

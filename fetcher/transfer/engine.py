@@ -57,6 +57,7 @@ class Transfer:
         # Bounds open partial files (fds, preallocated space) without slowing the parts.
         self.files_open = asyncio.Semaphore(max(4, cfg.concurrency))
         self._urls: dict[str, tuple[str, float]] = {}
+        self._versions: dict[str, str] = {}  # key -> the pinned S3 VersionId (issue 15)
         self.hooks = MetricsHooks(metrics, progress)
         # Exactly one of the two byte paths: worker processes, or a getter in this process
         # (built only then: with https it loads the CA bundle).
@@ -65,6 +66,7 @@ class Transfer:
         self.parts: PartDownloader | None = None
 
     async def run(self, jobs: list[Job], on_commit: OnCommit) -> None:
+        self._versions = {j.obj.key: j.obj.version_id for j in jobs if j.obj.version_id}
         try:
             if self.cfg.workers > 1 and jobs:
                 self.pool = await WorkerPool.start(self.cfg, self.hooks)
@@ -93,6 +95,8 @@ class Transfer:
                 try:
                     fs = await self._fetch_version(job)
                 except ObjectChanged:
+                    if job.obj.version_id:
+                        raise  # a pinned version never changes: never fall back to the latest
                     # Replaced while we read it: start this file over, once, on the new version.
                     job = await self._new_version(job)
                     fs = await self._fetch_version(job)
@@ -235,7 +239,7 @@ class Transfer:
         now = time.monotonic()
         if cached and now - cached[1] < _URL_TTL:
             return cached[0]
-        url = await self.source.presign_get(key)
+        url = await self.source.presign_get(key, version_id=self._versions.get(key))
         self._urls[key] = (url, now)
         return url
 

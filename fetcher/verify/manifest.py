@@ -4,6 +4,11 @@
      "files": [{"path": "model-00001-of-00003.safetensors", "size": 4294967296,
                 "xxh3": "<32 hex>", "part_size": 33554432, "parts": ["<32 hex>", ...]}]}
 
+Version 2 (issue 15) adds, per file, the S3 object's "version_id" and "etag" when the bucket
+has versioning on: fetch then GETs that version, so an object overwritten after publish never
+changes what the published manifest serves. Version 1 is still written when no file has a
+version (an unversioned bucket), so older fetchers keep reading those manifests.
+
 A manifest that does not parse or contradicts itself is an integrity error: it is the source of
 truth, so a broken one must stop the fetch rather than be ignored.
 """
@@ -21,6 +26,7 @@ from fetcher.errors import ManifestError, UnsafeKey
 MANIFEST_NAME = ".model-manifest.json"
 FORMAT = "model-fetcher-manifest"
 VERSION = 1
+VERSIONED = 2  # files may carry version_id and etag
 HASH = "xxh3-128"
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 
@@ -32,15 +38,20 @@ class ManifestFile:
     xxh3: str
     part_size: int
     parts: tuple[str, ...]
+    version_id: str | None = None  # the S3 VersionId that publish wrote
+    etag: str | None = None  # that version's ETag, so no HEAD is needed to pin it
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "path": self.path,
             "size": self.size,
             "xxh3": self.xxh3,
             "part_size": self.part_size,
             "parts": list(self.parts),
         }
+        if self.version_id:
+            doc |= {"version_id": self.version_id, "etag": self.etag}
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +61,7 @@ class Manifest:
     def dumps(self) -> str:
         doc = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSIONED if any(f.version_id for f in self.files) else VERSION,
             "hash": HASH,
             "files": [f.to_json() for f in self.files],
         }
@@ -67,7 +78,7 @@ class Manifest:
             raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ManifestError(f"{MANIFEST_NAME}: not a model-fetcher manifest")
-        if doc.get("version") != VERSION:
+        if doc.get("version") not in (VERSION, VERSIONED):
             raise ManifestError(f"{MANIFEST_NAME}: unsupported version {doc.get('version')!r}")
         if doc.get("hash") != HASH:
             raise ManifestError(f"{MANIFEST_NAME}: unsupported hash {doc.get('hash')!r}")
@@ -106,13 +117,17 @@ def _file(entry: object) -> ManifestFile:
         raise ManifestError(f"{MANIFEST_NAME}: malformed entry for {path}")
     if not isinstance(parts, list) or not all(_is_hex(p) for p in parts):
         raise ManifestError(f"{MANIFEST_NAME}: malformed part hashes for {path}")
+    version_id, etag = entry.get("version_id"), entry.get("etag")
+    if version_id is not None and not (isinstance(version_id, str) and isinstance(etag, str)):
+        raise ManifestError(f"{MANIFEST_NAME}: malformed version_id or etag for {path}")
     size, part_size, digest = int(str(size)), int(str(part_size)), str(digest)
     if part_size == 0 or len(parts) != -(-size // part_size):
         raise ManifestError(
             f"{MANIFEST_NAME}: {path} has {len(parts)} part hashes "
             f"for {size} bytes in parts of {part_size}"
         )
-    return ManifestFile(path, size, digest, part_size, tuple(str(p) for p in parts))
+    hashes = tuple(str(p) for p in parts)
+    return ManifestFile(path, size, digest, part_size, hashes, version_id, etag)
 
 
 def _is_count(v: object) -> bool:

@@ -141,7 +141,8 @@ def test_cluster_storage_container_follows_kserve(built: dict[str, list[Doc]]) -
     assert "namespace" not in csc["metadata"], "ClusterStorageContainer is cluster-scoped"
     spec = csc["spec"]
     assert spec["workloadType"] == "initContainer"
-    assert {"prefix": "s3://"} in spec["supportedUriFormats"]
+    for prefix in ("s3://", "models:/", "model-registry://"):  # registry URIs: issue 15
+        assert {"prefix": prefix} in spec["supportedUriFormats"]
     container = spec["container"]
     # KServe requires the name, and passes `SRC_URI DEST` itself: args would be replaced and
     # a command would bypass the image's entrypoint.

@@ -309,7 +309,9 @@ def model_tree(root: Path) -> dict[str, bytes]:
 def assert_landed(run: Run, out: str) -> None:
     assert model_tree(run.dest) == run.model, out
     assert run.secret not in out, "a credential was printed"
-    assert not run.termination_log.exists() or not run.termination_log.read_text().strip()
+    # On success the termination log says what is served (issue 15), in one line.
+    served = run.termination_log.read_text()
+    assert served.startswith("serving s3://") and served.count("\n") == 1, served
 
 
 def run_to_completion(run: Run) -> None:

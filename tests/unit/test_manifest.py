@@ -71,7 +71,7 @@ def test_valid_hand_written_manifest_loads() -> None:
         (b"\xff\xfe\x00garbage", "not valid JSON"),
         ("[]", "not a model-fetcher manifest"),
         (json.dumps({"format": "other", "version": 1, "files": []}), "not a model-fetcher"),
-        (doc(version=2), "unsupported version 2"),
+        (doc(version=3), "unsupported version 3"),
         (doc(hash="sha256"), "unsupported hash 'sha256'"),
         (doc(files={"a": 1}), "'files' must be a list"),
     ],
