@@ -89,22 +89,23 @@ class Metrics:
         self._model_info = Gauge(
             "model_fetcher_model_info",
             "The model being served: its source, registry version, digest and signer.",
-            INFO_LABELS,
+            (*_LABELS, *INFO_LABELS),
             registry=registry,
         )
         self._source_drift = Gauge(
             "model_fetcher_source_drift",
             "1 when the source no longer names what is served (sidecar watch), by reason.",
-            ("reason",),
+            (*_LABELS, "reason"),
             registry=registry,
         )
 
     def model_info(self, labels: Mapping[str, str]) -> None:
         self._model_info.clear()
-        self._model_info.labels(**{name: labels.get(name, "") for name in INFO_LABELS}).set(1)
+        info = {name: labels.get(name, "") for name in INFO_LABELS}
+        self._model_info.labels(**self._lv, **info).set(1)
 
     def source_drift(self, reason: str, drifted: bool) -> None:
-        self._source_drift.labels(reason=reason).set(1 if drifted else 0)
+        self._source_drift.labels(**self._lv, reason=reason).set(1 if drifted else 0)
 
     def retry(self, reason: str) -> None:
         self._retries.labels(**self._lv, reason=reason).inc()

@@ -443,7 +443,10 @@ def test_textfile_is_replaced_atomically_with_the_final_values(
         for sample in family.samples:
             assert {"bucket", "prefix"} <= sample.labels.keys(), sample
             assert sample.labels["bucket"] == BUCKET and sample.labels["prefix"] == prefix
-            extra = sample.labels.keys() - {"bucket", "prefix", "result", "reason", "le"}
+            allowed = {"bucket", "prefix", "result", "reason", "le"}
+            if sample.name == "model_fetcher_model_info":  # one series: what is served (#15)
+                allowed |= {"source", "version", "digest", "signer"}
+            extra = sample.labels.keys() - allowed
             assert not extra, f"unexpected (per-file?) labels {extra} on {sample}"
     for secret in (s3_server.access_key, s3_server.secret_key):
         assert secret not in text
@@ -502,7 +505,12 @@ def test_status_reports_the_cache_as_json(
     assert result.code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["complete"] is True
-    assert doc["source"] == {"endpoint": s3_server.endpoint, "bucket": BUCKET, "prefix": prefix}
+    assert doc["source"] == {
+        "endpoint": s3_server.endpoint,
+        "bucket": BUCKET,
+        "prefix": prefix,
+        "chain": f"s3://{BUCKET}/{prefix}",  # what is served (issue 15): no registry, no manifest
+    }
     assert doc["file_count"] == 2 and doc["total_bytes"] == len(weights) + 8
     want = {"model.bin": weights, "sub/tokenizer.json": b'{"v": 1}'}
     assert sorted(doc["files"]) == sorted(want)
