@@ -173,24 +173,25 @@ def test_an_alias_moved_is_fetched_at_the_next_start_and_an_unchanged_one_costs_
     model, _ = registered
     dest = tmp_path / "cache"
     alias = f"models:/{model}@stable"
-    mlflow.api(
-        "POST", "registered-models/alias", {"name": model, "alias": "stable", "version": "2"}
-    )
-    first = fetch(s3_server, alias, dest, mlflow.url, MINIO_ENDPOINT=proxy.endpoint)
-    assert first.code == 0, first.stderr
-    proxy.reset()
-    warm = fetch(s3_server, alias, dest, mlflow.url, MINIO_ENDPOINT=proxy.endpoint)
-    assert warm.code == 0, warm.stderr
-    assert proxy.count("GET") == 1 and proxy.count(method="HEAD") == 0, proxy.requests
-    assert "list-type" in proxy.requests[0].query, "the one request is the LIST"
-    assert warm.events("done")[0]["files_fetched"] == 0
+    set_alias(mlflow, model, "stable", "2")
+    port = int(mlflow.url.rsplit(":", 1)[1])
+    with FaultProxy("127.0.0.1", port) as registry:  # counts the registry's requests
+        first = fetch(s3_server, alias, dest, registry.endpoint, MINIO_ENDPOINT=proxy.endpoint)
+        assert first.code == 0, first.stderr
+        proxy.reset()
+        registry.reset()
+        warm = fetch(s3_server, alias, dest, registry.endpoint, MINIO_ENDPOINT=proxy.endpoint)
+        assert warm.code == 0, warm.stderr
+        assert registry.count() == 1, registry.requests  # the alias, answered with its source
+        assert proxy.count("GET") == 1 and proxy.count(method="HEAD") == 0, proxy.requests
+        assert "list-type" in proxy.requests[0].query, "the one S3 request is the LIST"
+        assert warm.events("done")[0]["files_fetched"] == 0
 
-    mlflow.api(
-        "POST", "registered-models/alias", {"name": model, "alias": "stable", "version": "1"}
-    )
+    set_alias(mlflow, model, "stable", "1")
     moved = fetch(s3_server, alias, dest, mlflow.url, MINIO_ENDPOINT=proxy.endpoint)
     assert moved.code == 0, moved.stderr
     assert tree(dest) == tree(models[0])
+    assert moved.events("done")[0]["files_fetched"] > 0
     assert status(s3_server, dest)["source"]["version"] == "1"
 
 
