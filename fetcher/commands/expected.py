@@ -61,6 +61,21 @@ async def load_manifest(
     return manifest, _sha256(body)
 
 
+def check_promised(loaded: tuple[Manifest, str] | None, promised: str | None) -> None:
+    """The manifest must be the one the registry recorded at `publish --register`."""
+    if promised is None:
+        return
+    if loaded is None:
+        raise ManifestError(
+            f"{MANIFEST_NAME} is missing, but the registry recorded sha256:{promised}"
+        )
+    if loaded[1] != promised:
+        raise ManifestError(
+            f"{MANIFEST_NAME} has sha256:{loaded[1]}, "
+            f"but the registry recorded sha256:{promised} for this version"
+        )
+
+
 def _sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 

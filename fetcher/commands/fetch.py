@@ -19,10 +19,15 @@ from fetcher.cache.keys import file_folder_clash, safe_rel
 from fetcher.cache.lease import CacheLease
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
-from fetcher.commands.expected import add_s3_checksums, load_manifest, manifest_jobs
+from fetcher.commands.expected import (
+    add_s3_checksums,
+    check_promised,
+    load_manifest,
+    manifest_jobs,
+)
 from fetcher.commands.served import info_labels, source_record
 from fetcher.config import Config
-from fetcher.errors import CacheError, FetchError, ManifestError, SourceUnreachable, UnsafeKey
+from fetcher.errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics
 from fetcher.observe.progress import Progress
@@ -248,18 +253,9 @@ class Fetch:
         pinned = self.resolved.manifest_version if self.resolved else self.cfg.manifest_version
         promised = self.resolved.manifest_sha256 if self.resolved else None
         loaded = await load_manifest(src, self.cache, listing, pinned, self.cfg.prefix)
-        if loaded is None:
-            if promised:
-                raise ManifestError(
-                    f"{MANIFEST_NAME} is missing, but the registry recorded sha256:{promised}"
-                )
-            return
-        self.manifest, self.manifest_sha256 = loaded
-        if promised and promised != self.manifest_sha256:
-            raise ManifestError(
-                f"{MANIFEST_NAME} has sha256:{self.manifest_sha256}, "
-                f"but the registry recorded sha256:{promised} for this version"
-            )
+        check_promised(loaded, promised)
+        if loaded is not None:
+            self.manifest, self.manifest_sha256 = loaded
 
     async def _offline(self, state: State, exc: SourceUnreachable) -> Outcome:
         if not is_complete(state, self.cache, self.cfg):
