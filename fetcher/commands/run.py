@@ -13,7 +13,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry
 
 from fetcher.commands.fetch import Fetch, Outcome, summary
-from fetcher.commands.served import report_served
+from fetcher.commands.served import metric_location, report_served
 from fetcher.config import Config
 from fetcher.errors import SourceError
 from fetcher.observe.metrics import Metrics, MetricsServer, push, write_textfile
@@ -67,6 +67,6 @@ async def measured_fetch(
 async def fetch_and_report(cfg: Config) -> Outcome:
     """One fetch with its metrics exposed during the run and pushed or written after it."""
     registry = CollectorRegistry()
-    metrics = Metrics(registry, cfg.bucket, cfg.prefix)
+    metrics = Metrics(registry, *metric_location(cfg))
     async with MetricsServer(cfg.metrics_port, metrics, cfg.metrics_host):
         return await measured_fetch(cfg, metrics, registry)

@@ -38,6 +38,14 @@ def source_record(
     return record
 
 
+def metric_location(cfg: Config) -> tuple[str, str]:
+    """The bucket and prefix labels of every series. A registry URI is known before it is
+    resolved, and stays the same when its alias moves: it is the prefix label then."""
+    if cfg.registry_ref is not None:
+        return "", cfg.registry_ref.uri
+    return cfg.bucket, cfg.prefix
+
+
 def served_line(source: Mapping[str, str]) -> str:
     """One line for the termination log on success."""
     chain = source.get("chain") or f"s3://{source.get('bucket', '')}/{source.get('prefix', '')}"

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from fetcher.cache.store import Cache
 from fetcher.commands.fetch import selected
 from fetcher.commands.run import measured_fetch, push_metrics
+from fetcher.commands.served import metric_location
 from fetcher.config import Config
 from fetcher.errors import FetchError, ObjectNotFound
 from fetcher.observe import log
@@ -30,7 +31,7 @@ DEFAULT_PORT = 9090
 
 async def sidecar(cfg: Config) -> int:
     registry = CollectorRegistry()
-    metrics = Metrics(registry, cfg.bucket, cfg.prefix)
+    metrics = Metrics(registry, *metric_location(cfg))
     port = DEFAULT_PORT if cfg.metrics_port is None else cfg.metrics_port
     async with MetricsServer(port, metrics, cfg.metrics_host) as server:
         outcome = await measured_fetch(cfg, metrics, registry, push_success=False)

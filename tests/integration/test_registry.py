@@ -160,6 +160,8 @@ def test_fetch_by_alias_and_by_version_serves_each_versions_bytes(
     digest = f"sha256:{source['manifest_sha256']}"
     labels = {"source": f"models:/{model}@champion", "version": "2", "digest": digest}
     assert metric(textfile, "model_fetcher_model_info", **labels) == 1
+    # Every series is labelled with the URI, which stays put when the alias moves.
+    assert metric(textfile, "model_fetcher_up", prefix=f"models:/{model}@champion") == 1
 
 
 def test_an_alias_moved_is_fetched_at_the_next_start_and_an_unchanged_one_costs_no_get(
