@@ -21,7 +21,7 @@ import pytest
 
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer
-from tests.conftest import BUCKET, Result, pod_env, run_fetcher, tree
+from tests.helpers import BUCKET, Result, pod_env, run_fetcher, tree
 
 API = "/api/model_registry/v1alpha3"
 TOKEN = "kube-rbac-proxy-token"

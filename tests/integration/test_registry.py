@@ -25,8 +25,8 @@ import pytest
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, free_port
 from fetcher.verify.manifest import MANIFEST_NAME
-from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy
+from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.integration import mlflowserver
 
 VERSIONED = "llm-versioned"
