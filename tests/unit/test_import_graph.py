@@ -103,3 +103,16 @@ def test_readme_module_map_lists_every_module() -> None:
     }
     assert modules - listed == set(), "modules missing from the README's module map"
     assert listed - modules == set(), "the README's module map names modules that do not exist"
+
+
+def test_no_test_module_imports_conftest_or_another_test_module() -> None:
+    # Shared helpers live in tests/helpers.py (issue 17); fixtures come from conftest by name.
+    tests = PACKAGE.parent / "tests"
+    offenders = []
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                last = node.module.rsplit(".", 1)[-1]
+                if last == "conftest" or last.startswith("test_"):
+                    offenders.append(f"{path.relative_to(tests)}: {node.module}")
+    assert offenders == []
