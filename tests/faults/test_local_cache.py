@@ -44,7 +44,17 @@ def test_interrupted_fetch_resumes_on_a_volume_without_room_for_two_copies(
             skip=12,
         )
         env = {**pod_env(s3_server, prefix, dest), "FETCH_PART_SIZE": str(PART)}
-        first = run_fetcher([], {**env, "MINIO_ENDPOINT": proxy.endpoint, "FETCH_RETRIES": "2"})
+        # One part at a time: the 12 parts before the failures are done and journaled (with
+        # 16 in flight, the failing parts could cancel the others before any was recorded).
+        first = run_fetcher(
+            [],
+            {
+                **env,
+                "MINIO_ENDPOINT": proxy.endpoint,
+                "FETCH_RETRIES": "2",
+                "FETCH_CONCURRENCY": "1",
+            },
+        )
         assert first.code == 3, first.stderr
         assert len(list(Layout(dest).partial_dir.glob("*.part"))) == 1
         # 4 MiB held by the partial file, 2 MiB free: the resume needs no more than that.
