@@ -10,12 +10,15 @@ import json
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import xxhash
 from boto3.s3.transfer import TransferConfig
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from devtools.sample_model import write_sample_model
 
@@ -28,6 +31,7 @@ _UPLOAD = TransferConfig(
 )
 
 MANIFEST = ".model-manifest.json"
+SIGNATURES = ("model.sig", ".model-parts.sig")  # written by publish --sign-key
 Publisher = Callable[[Path, str], None]  # (local directory, prefix)
 Digests = dict[str, str]  # path relative to the prefix -> xxh3-128 hex
 
@@ -61,6 +65,22 @@ def digest_tree(root: Path, exclude: Iterable[str] = ()) -> Digests:
         return {p.relative_to(root).as_posix(): h for p, h in zip(files, hashes, strict=True)}
 
 
+def make_signing_key(workdir: Path) -> tuple[Path, Path]:
+    """(private, public) PEM files of a fresh P-256 key for `publish --sign-key`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = workdir / "signer.key", workdir / "signer.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, spki))
+    return private, public
+
+
 def make_model(workdir: Path, total_bytes: int, shards: int) -> Path:
     dest = workdir / "model"
     write_sample_model(dest, total_bytes, shards=shards, seed=0)
@@ -91,6 +111,10 @@ def upload(client: Any, local: Path, prefix: str, publisher: Publisher | None) -
         publisher(local, prefix)
         manifest = client.get_object(Bucket=BUCKET, Key=prefix + MANIFEST)["Body"].read()
         optional[MANIFEST] = xxhash.xxh3_128_hexdigest(manifest)
+        for name in SIGNATURES:  # there when signed; copy tools fetch them like any object
+            with suppress(client.exceptions.NoSuchKey):
+                body = client.get_object(Bucket=BUCKET, Key=prefix + name)["Body"].read()
+                optional[name] = xxhash.xxh3_128_hexdigest(body)
     else:
         for rel in digests:
             client.upload_file(str(local / rel), BUCKET, prefix + rel, Config=_UPLOAD)

@@ -26,7 +26,7 @@ from bench import dataset, report
 from bench.chart import write_chart
 from bench.machine import machine_info
 from bench.runner import Plan, Run, drop_caches_possible, run_once
-from bench.tools import TOOL_NAMES, Source, Tool, publish, select, versions
+from bench.tools import TOOL_NAMES, Source, Tool, publish, select, signed_variant, versions
 from devtools.seaweed import SeaweedServer, boto3_client
 from fetcher import units
 
@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="upload with `model-fetcher publish` (adds .model-manifest.json) instead of boto3",
     )
+    p.add_argument(
+        "--signed",
+        action="store_true",
+        help="publish signed (implies --manifest) and add a model-fetcher row that verifies"
+        " the signature (FETCH_SIGNER_KEY): the cost of sha256 per part (issue 12)",
+    )
     p.add_argument("--page-cache", choices=sorted(PAGE_CACHE_NOTES), default="warm")
     p.add_argument(
         "--noise-limit",
@@ -104,6 +110,7 @@ class Options:
     noise_limit: float
     noise_retries: int
     manifest: bool
+    signed: bool = False
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -131,7 +138,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         args.keep_workdir,
         args.noise_limit,
         args.noise_retries,
-        args.manifest,
+        args.manifest or args.signed,
+        args.signed,
     )
 
 
@@ -202,7 +210,12 @@ def _upload(
     client = boto3_client(server)
     dataset.ensure_bucket(client)
     model_dir = dataset.make_model(workdir, opts.size, opts.shards)
-    publisher = _publisher(server) if opts.manifest else None
+    key = None
+    if opts.signed:
+        key, public = dataset.make_signing_key(workdir)
+        at = next(i for i, t in enumerate(opts.tools) if t.name == "model-fetcher") + 1
+        opts.tools.insert(at, signed_variant(public))  # the same objects, verified
+    publisher = _publisher(server, key) if opts.manifest else None
     model = dataset.upload(client, model_dir, dataset.MODEL_PREFIX, publisher)
     tiny = dataset.upload(client, dataset.make_tiny(workdir), dataset.TINY_PREFIX, publisher)
     took = time.perf_counter() - start
@@ -223,8 +236,8 @@ def _source_at(server: SeaweedServer, prefix: str) -> Source:
     return Source(server.endpoint, dataset.BUCKET, prefix, server.access_key, server.secret_key)
 
 
-def _publisher(server: SeaweedServer) -> dataset.Publisher:
-    return lambda local, prefix: publish(_source_at(server, prefix), local)
+def _publisher(server: SeaweedServer, key: Path | None) -> dataset.Publisher:
+    return lambda local, prefix: publish(_source_at(server, prefix), local, key)
 
 
 def _phase(plan: Plan, opts: Options) -> list[Run]:

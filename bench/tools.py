@@ -92,10 +92,12 @@ def _fetcher(tool: Tool, source: Source, dest: Path) -> tuple[list[str], dict[st
     return [binary("model-fetcher")], {**_fetcher_env(source), "MODEL_CACHE_DIR": str(dest)}
 
 
-def publish(source: Source, local: Path) -> None:
-    """`model-fetcher publish`: upload `local` with its .model-manifest.json (not measured)."""
+def publish(source: Source, local: Path, sign_key: Path | None = None) -> None:
+    """`model-fetcher publish`: upload `local` with its .model-manifest.json (not measured),
+    signed (model.sig, .model-parts.sig) with `sign_key`."""
     url = f"s3://{source.bucket}/{source.prefix}"
     argv = [binary("model-fetcher"), "publish", str(local), url]
+    argv += ["--sign-key", str(sign_key)] if sign_key else []
     env = {**base_env(), **_fetcher_env(source)}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -155,6 +157,11 @@ def _variant(spec: str) -> Tool:
         raise ValueError(f"--fetcher-env wants K=V [K=V ...], got {spec!r}")
     env = dict(p.split("=", 1) for p in pairs)
     return Tool(f"model-fetcher[{' '.join(pairs)}]", _fetcher, env)
+
+
+def signed_variant(public_key: Path) -> Tool:
+    """model-fetcher under a trust policy: the signature checked, every part's sha256 too."""
+    return Tool("model-fetcher[signed]", _fetcher, {"FETCH_SIGNER_KEY": str(public_key)})
 
 
 def versions() -> dict[str, str]:

@@ -36,6 +36,23 @@ _SOURCE_FLAGS: tuple[_Flag, ...] = (
     ("--prefix", "PREFIX", "MODEL_PREFIX", "key prefix of the model, a directory: v1 means v1/"),
     ("--region", "REGION", "AWS_REGION, AWS_DEFAULT_REGION", "signing region (default us-east-1)"),
 )  # fmt: skip
+# Issue 12: who must have signed the model (fetch), and how publish signs it.
+TRUST_FLAGS: tuple[_Flag, ...] = (
+    ("--signer-key", "PEM[,PEM]", "FETCH_SIGNER_KEY",
+     "trusted public keys; the model must carry a valid signature by one of them"),
+    ("--signer-cert", "PEM", "FETCH_SIGNER_CERT",
+     "CA bundle the signing certificate must chain to (needs --signer-identity)"),
+    ("--signer-identity", "NAME", "FETCH_SIGNER_IDENTITY",
+     "the signing certificate's SAN (e-mail, DNS, URI) or subject"),
+    ("--model-digest", "sha256:HEX", "FETCH_MODEL_DIGEST", "pin the signature's root digest"),
+)  # fmt: skip
+PUBLISH_FLAGS: tuple[_Flag, ...] = (
+    ("--sign-key", "PEM", "FETCH_SIGN_KEY", "EC private key: write model.sig and .model-parts.sig"),
+    ("--sign-cert-chain", "PEM", "FETCH_SIGN_CERT_CHAIN",
+     "signing certificate (first) and its chain: sign with the certificate method"),
+)  # fmt: skip
+
+
 _TRANSFER_FLAGS: tuple[_Flag, ...] = (
     ("--concurrency", "N", "FETCH_CONCURRENCY",
      "ranged requests in flight for the whole process, 1..1024 (default 16)"),
@@ -146,6 +163,10 @@ def _add_command(sub: argparse._SubParsersAction[_Parser], name: Command) -> _Pa
         _add_flags(parser, "transfer", _TRANSFER_FLAGS)
     if name != "status":
         _add_flags(parser, "checks", [_CHECKS_FLAG])
+    if name in ("fetch", "sidecar"):
+        _add_flags(parser, "trust", TRUST_FLAGS)
+    if name == "publish":
+        _add_flags(parser, "signing", PUBLISH_FLAGS)
     output = _add_flags(parser, "output", _OUTPUT_FLAGS)
     output.add_argument(
         "--progress", action=argparse.BooleanOptionalAction,

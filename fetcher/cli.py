@@ -70,7 +70,7 @@ def _dispatch(cfg: Config) -> int:
         return run_async(lambda: sidecar(cfg))
     run_async(lambda: fetch_and_report(cfg))
     if cfg.serve_cmd:
-        exec_serve(cfg.serve_cmd)
+        exec_serve(cfg.serve_cmd, os.environ, cfg.trust.keep_credentials)
     return 0
 
 

@@ -31,6 +31,7 @@ from fetcher.source.registry.uri import (
     parse_registry_uri,
 )
 from fetcher.tls import tls_context
+from fetcher.trust import Trust, read_trust
 from fetcher.units import MiB, parse_bool
 from fetcher.values import (
     absolute,
@@ -107,6 +108,7 @@ class Config:
     manifest_version: str | None = None  # FETCH_MANIFEST_VERSION: the manifest's VersionId
     register: str | None = None  # publish --register NAME
     register_alias: str | None = None  # publish --alias ALIAS
+    trust: Trust = field(default_factory=Trust)  # signatures, credentials, pickle (issue 12)
 
     @property
     def https(self) -> bool:
@@ -428,6 +430,7 @@ def load(
         manifest_version=r.get("FETCH_MANIFEST_VERSION", None, str, None),
         register=getattr(ns, "register", None),
         register_alias=getattr(ns, "alias", None),
+        trust=read_trust(r.find, r.problems),
         **_settings(r, command, stderr_isatty),
     )
     if r.problems:

@@ -17,7 +17,8 @@
     │  ├─ ChecksumMismatch(key, expected, actual)
     │  ├─ InvalidModel                             bad safetensors header, index names no shard
     │  ├─ ManifestError                            a .model-manifest.json that cannot be used
-    │  └─ UnsafeKey                                a key that would escape the cache directory
+    │  ├─ UnsafeKey                                a key that would escape the cache directory
+    │  └─ SignatureError                           missing, bad or untrusted model signature
     ├─ CacheError                         exit 5   no space, permissions, corrupt local state
     │  └─ WorkerLost                               a FETCH_WORKERS process died (OOM-killed?)
     ├─ HandoffFailed                      exit 127 the serving command cannot be started
@@ -125,6 +126,11 @@ class ManifestError(IntegrityError):
 
 class UnsafeKey(IntegrityError):
     pass
+
+
+class SignatureError(IntegrityError):
+    """The trust policy refuses the model: no signature, a bad one, an untrusted signer, or
+    bytes the signature does not cover (issue 12)."""
 
 
 class CacheError(FetchError):

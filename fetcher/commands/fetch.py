@@ -25,7 +25,16 @@ from fetcher.commands.expected import (
     load_manifest,
     manifest_jobs,
 )
+from fetcher.commands.pickles import refuse_pickles, warn_pickles
 from fetcher.commands.served import info_labels, source_record
+from fetcher.commands.signed import (
+    SIGNATURE_SOURCE,
+    Verified,
+    check_coverage,
+    signed_jobs,
+    signers,
+    verify_signature,
+)
 from fetcher.config import Config
 from fetcher.errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
 from fetcher.observe import log
@@ -41,6 +50,7 @@ from fetcher.verify.formats import skipped_note
 from fetcher.verify.gguf import check_split_names
 from fetcher.verify.hashes import file_digest
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
+from fetcher.verify.oms import PARTS_SIGNATURE_NAME
 
 
 @dataclass
@@ -74,7 +84,8 @@ def wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool
         name = rel.rsplit("/", 1)[-1]
         return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
-    return rel != MANIFEST_NAME and (not include or hit(include)) and not hit(exclude)
+    own = (MANIFEST_NAME, PARTS_SIGNATURE_NAME)  # ours: stay in the bucket (and .fetcher/)
+    return rel not in own and (not include or hit(include)) and not hit(exclude)
 
 
 def _refuse_file_folder_clash(rels: list[str]) -> None:
@@ -129,7 +140,11 @@ def _unchanged(job: Job, fs: FileState) -> bool:
     digest that is a composite of parts, which cannot be compared with it: fetch again.
     """
     same_version = (fs.size, fs.etag) == (job.obj.size, job.obj.etag)
-    return same_version and job.expected.xxh3 in (None, fs.xxh3)
+    # Under a trust policy a kept file must have been verified against these signed digests
+    # (issue 12): a file of an unsigned fetch, or of another signed version, is fetched again.
+    signed = job.expected.source.startswith(SIGNATURE_SOURCE)
+    same_signature = not signed or fs.checksum == job.expected.source
+    return same_version and same_signature and job.expected.xxh3 in (None, fs.xxh3)
 
 
 async def _mismatched(state: State, cache: Cache, rels: list[str]) -> list[str]:
@@ -177,6 +192,7 @@ class Fetch:
         self.manifest_sha256: str | None = None
         self.resolved: Resolved | None = None
         self.source: dict[str, str] = {}  # the state's record of what is served (served.py)
+        self.verified: Verified | None = None
 
     async def run(self) -> Outcome:
         if note := skipped_note(self.cfg.skip_format_checks):
@@ -197,9 +213,10 @@ class Fetch:
                     return await self._offline(state, exc)
                 jobs = await self._jobs(src, listing)
                 plan = await make_plan(jobs, state, self.cache, self.cfg)
-                if not self.manifest and plan.fetch:
+                if not self.manifest and not self.verified and plan.fetch:
                     await add_s3_checksums(src, plan.fetch)
                 self.source = source_record(self.cfg, self.resolved, self.manifest_sha256, jobs)
+                self.source |= self._signature_record()
                 try:
                     await self._apply(src, plan, state)
                 except FetchError as exc:
@@ -237,15 +254,59 @@ class Fetch:
         _refuse_file_folder_clash([obj.rel for obj in objs])
         if "gguf" not in self.cfg.skip_format_checks:
             check_split_names(obj.rel for obj in objs)  # a split missing from the bucket
+        # The signature first: a refusal must come before any model byte is requested.
+        self.verified = await verify_signature(src, listing, self.cfg)
+        if self.verified is not None:
+            check_coverage(objs, listing, self.verified)
+        if self.cfg.trust.refuse_pickle:
+            refuse_pickles(o.rel for o in objs)
         await self._load_manifest(src, listing)
         if self.manifest is None:
-            return [Job(obj) for obj in objs]
-        return manifest_jobs(
-            objs,
-            self.manifest,
-            lambda rel: wanted(rel, self.cfg.include, self.cfg.exclude),
-            self.cfg.prefix,
+            jobs = [Job(obj) for obj in objs]
+        else:
+            jobs = manifest_jobs(
+                objs,
+                self.manifest,
+                lambda rel: wanted(rel, self.cfg.include, self.cfg.exclude),
+                self.cfg.prefix,
+            )
+        return jobs if self.verified is None else signed_jobs(jobs, objs, self.verified)
+
+    def _signature_record(self) -> dict[str, str]:
+        """The verified signature in the state's source record (status, info metric)."""
+        if self.verified is None:
+            return {}
+        st = self.verified.statement
+        return {
+            "root_digest": st.pin,
+            "signer": st.signer,
+            "serialization": self.verified.serialization,
+        }
+
+    def _log_signature(self, verified: Verified) -> None:
+        st = verified.statement
+        log.event(
+            "signature_verified",
+            f"model signature verified: {st.pin} signed by {st.signer} ({verified.serialization})",
+            root_digest=st.pin,
+            signer=st.signer,
+            serialization=verified.serialization,
         )
+
+    def _check_offline_trust(self, state: State, exc: SourceUnreachable) -> None:
+        """Offline, a cache is served under a trust policy only if it was verified under a
+        signer still configured (and the pinned digest, if any): issue 12's outage rule."""
+        trust = self.cfg.trust
+        if not trust.required:
+            return
+        recorded, signer = state.source.get("root_digest"), state.source.get("signer")
+        pinned = trust.digest is None or recorded == f"sha256:{trust.digest}"
+        if recorded is None or signer not in signers(self.cfg) or not pinned:
+            raise SourceUnreachable(
+                f"{exc}, and the cache at {self.cfg.dest} was not verified under the "
+                "configured trust policy (FETCH_SIGNER_KEY / FETCH_SIGNER_CERT / "
+                "FETCH_MODEL_DIGEST): not serving it"
+            ) from exc
 
     async def _load_manifest(self, src: ControlPlane, listing: list[RemoteObject]) -> None:
         """The manifest by the version the registry (or FETCH_MANIFEST_VERSION) names, held
@@ -262,6 +323,7 @@ class Fetch:
             raise SourceUnreachable(
                 f"{exc} and the cache at {self.cfg.dest} is incomplete"
             ) from exc
+        self._check_offline_trust(state, exc)
         full = self.cfg.verify_mode == "full"
         if full and (bad := await _mismatched(state, self.cache, sorted(state.files))):
             # FETCH_VERIFY=full is a promise to rehash before serving, with or without S3.
@@ -293,6 +355,10 @@ class Fetch:
             self.cache.save_state(state)
         self._check_space(plan)
         self._log_start(plan)
+        if self.verified is not None:  # logged after "start", which stays the first event
+            self._log_signature(self.verified)
+        served = [j.obj.rel for j in plan.fetch] + [o.rel for o in plan.keep]
+        warn_pickles(served, signed=self.verified is not None)
         self._record_sizes(
             expected=plan.fetch_bytes + plan.keep_bytes,
             cached=plan.keep_bytes,
@@ -364,6 +430,7 @@ class Fetch:
             files_cached=len(plan.keep),
             bytes_cached=plan.keep_bytes,
             files_to_remove=len(plan.remove),
+            root_digest=self.verified.statement.pin if self.verified else None,
         )
 
     def _record_sizes(self, expected: int, cached: int, cached_files: int) -> None:

@@ -18,6 +18,7 @@ from fetcher.observe import log
 from fetcher.verify.checks import check_model
 from fetcher.verify.formats import skipped_note
 from fetcher.verify.hashes import file_digest
+from fetcher.verify.omscheck import signature_problems
 
 
 def verify_command(cfg: Config) -> int:
@@ -67,6 +68,8 @@ def find_problems(
             )
         )
     problems += [p for p in checks.values() if p]
+    if full:  # a signed cache: sha256 against model.sig as well (issue 12)
+        problems += signature_problems(cache.dest, state.source.get("root_digest"))
     # The model checks run even on an incomplete cache, over the files that passed, so the
     # report names the shard a failed fetch refused (truncated, or missing from the index).
     intact = sorted(rel for rel, problem in checks.items() if problem is None)
@@ -125,12 +128,21 @@ def status(cache: Cache) -> dict[str, Any]:
     return {
         "dest": str(cache.dest),
         "source": state.source,
+        "signature": _signature(state),
         "complete": complete,
         "files": files,
         "file_count": len(files),
         "total_bytes": sum(fs.size for fs in state.files.values()),
         "last_fetch": _last_fetch(state.last_fetch),
     }
+
+
+def _signature(state: State) -> dict[str, str] | None:
+    """What the fetch verified (issue 12); null for a model fetched without a trust policy."""
+    if "root_digest" not in state.source:
+        return None
+    keys = ("root_digest", "signer", "serialization")
+    return {k: state.source[k] for k in keys if k in state.source}
 
 
 def _last_fetch(doc: dict[str, Any]) -> dict[str, Any]:

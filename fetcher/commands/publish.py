@@ -21,8 +21,9 @@ from fetcher.cache.keys import safe_rel
 from fetcher.cache.layout import META_DIR
 from fetcher.cache.oserrors import cache_error
 from fetcher.commands.register import register_published
+from fetcher.commands.signing import IGNORED, Sums, file_sums, refuse_colons, sign_model
 from fetcher.config import Config
-from fetcher.errors import CacheError, FetchError
+from fetcher.errors import CacheError, ConfigError, FetchError
 from fetcher.observe import log
 from fetcher.source.boto import Source
 from fetcher.tasks import run_all
@@ -30,6 +31,8 @@ from fetcher.verify.checks import check_model
 from fetcher.verify.formats import skipped_note
 from fetcher.verify.hashes import part_hashes
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestFile
+from fetcher.verify.oms import PARTS_SIGNATURE_NAME, SIGNATURE_NAME
+from fetcher.verify.omskeys import SigningKey, load_signing_key
 
 _MIN_UPLOAD_PART = 8 << 20  # S3 multipart parts must be >= 5 MiB (all but the last)
 _MAX_UPLOAD_PARTS = 10_000  # S3's limit on the parts of one multipart upload
@@ -110,6 +113,11 @@ async def publish(cfg: Config) -> int:
     assert cfg.local_dir is not None
     started = time.monotonic()
     files = local_files(cfg.local_dir)
+    key = _signing_key(cfg)
+    if key is not None:
+        # Signatures are made anew from these bytes: an old one in LOCAL_DIR is not a file.
+        files = [f for f in files if f.rel not in IGNORED]
+        refuse_colons([f.rel for f in files])
     # A shard a fetcher would refuse is refused here, before a single byte is uploaded.
     if note := skipped_note(cfg.skip_format_checks):
         log.warning("format_checks_skipped", note)
@@ -118,9 +126,10 @@ async def publish(cfg: Config) -> int:
             check_model, cfg.local_dir, [f.rel for f in files], cfg.skip_format_checks
         )
     async with Source(cfg) as src:
-        up = _Uploader(cfg, src)
+        up = _Uploader(cfg, src, signing=key is not None)
         entries = await up.hash_all(files)
         await run_all(up.upload_if_needed(f, e) for f, e in zip(files, entries, strict=True))
+        pin = await _put_signatures(cfg, src, key, up, files, entries) if key else None
         manifest = Manifest(files=[up.pinned.get(e.path, e) for e in entries])
         body = manifest.dumps().encode()
         written = await src.put(cfg.prefix + MANIFEST_NAME, body, {})
@@ -135,13 +144,53 @@ async def publish(cfg: Config) -> int:
         skipped=up.skipped,
         bytes=sum(f.size for f in files),
         duration_s=round(took, 3),
+        root_digest=pin,
     )
+    if pin is not None:
+        print(pin, flush=True)  # the value a deployment pins (FETCH_MODEL_DIGEST)
     return 0
 
 
+def _signing_key(cfg: Config) -> SigningKey | None:
+    if cfg.trust.sign_key is None:
+        return None
+    try:
+        return load_signing_key(cfg.trust.sign_key, cfg.trust.sign_chain)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--sign-key: {exc}") from None
+
+
+async def _put_signatures(
+    cfg: Config,
+    src: Source,
+    key: SigningKey,
+    up: _Uploader,
+    files: list[LocalFile],
+    entries: list[ManifestFile],
+) -> str:
+    """model.sig (a file of the model, in the manifest too) and .model-parts.sig, uploaded
+    before the manifest: a reader that finds the manifest finds the signatures."""
+    assert cfg.local_dir is not None
+    sizes = {f.rel: f.size for f in files}
+    sigs = await asyncio.to_thread(
+        sign_model, key, cfg.local_dir.name, up.sums, sizes, cfg.part_size
+    )
+    meta = {"xxh3": sigs.manifest_entry.xxh3}
+    answer = await src.put(cfg.prefix + SIGNATURE_NAME, sigs.model_sig, meta)
+    await src.put(cfg.prefix + PARTS_SIGNATURE_NAME, sigs.parts_sig, {})
+    entry = sigs.manifest_entry
+    if version_id := _version_id(answer):  # GET by version, as every other file (issue 12/15)
+        entry = dataclasses.replace(entry, version_id=version_id, etag=str(answer["ETag"]))
+    entries.append(entry)
+    log.event("signed", f"signed {len(files)} files: {sigs.pin}", root_digest=sigs.pin)
+    return sigs.pin
+
+
 class _Uploader:
-    def __init__(self, cfg: Config, src: Source) -> None:
+    def __init__(self, cfg: Config, src: Source, signing: bool = False) -> None:
         self.cfg, self.src = cfg, src
+        self.signing = signing
+        self.sums: dict[str, Sums] = {}  # with signing: each file's sha256, whole and parts
         # Parts (and small files) held in memory at once: the buffer over the typical part.
         typical = max(cfg.part_size, _MIN_UPLOAD_PART)
         self.parts_inflight = asyncio.Semaphore(max(1, _UPLOAD_BUFFER // typical))
@@ -163,7 +212,12 @@ class _Uploader:
     async def hash(self, f: LocalFile) -> ManifestFile:
         async with self.hashing:
             with reading("read", f.path):
-                whole, parts = await asyncio.to_thread(part_hashes, f.path, self.cfg.part_size)
+                if self.signing:  # the same single pass, with sha256 beside xxh3
+                    sums = await asyncio.to_thread(file_sums, f.path, self.cfg.part_size)
+                    whole, parts = sums.xxh3, sums.xxh3_parts
+                    self.sums[f.rel] = sums
+                else:
+                    whole, parts = await asyncio.to_thread(part_hashes, f.path, self.cfg.part_size)
                 size = f.path.stat().st_size
         if size != f.size:
             raise CacheError(f"{f.rel} changed while being published")

@@ -21,6 +21,9 @@ class Expected:
     source: str = "none"  # manifest, s3:<algorithm>, none
     s3_algorithm: str | None = None  # sha256, sha1, crc32: S3's full-object checksum
     s3_value: str | None = None  # base64, as S3 returns it
+    # sha256 of each part, from a verified .model-parts.sig (issue 12); checked as the part
+    # arrives, hashed in the same writer thread as its xxh3.
+    sha256_parts: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -59,6 +59,20 @@ def xxh3_range(fd: int, offset: int, length: int, buf: bytearray | None = None) 
     return h.hexdigest()
 
 
+def sha256_range(fd: int, offset: int, length: int) -> str:
+    """sha256 hex of `length` bytes at `offset` (a signed part kept from an interrupted run)."""
+    view = memoryview(bytearray(max(1, min(length, HASH_BLOCK))))
+    h = hashlib.sha256()
+    done = 0
+    while done < length:
+        n = _pread_into(fd, view[: min(len(view), length - done)], offset + done)
+        if n == 0:
+            raise CacheError(f"range {offset}+{length} runs past the end of the file at {done}")
+        h.update(view[:n])
+        done += n
+    return h.hexdigest()
+
+
 def composite_xxh3(part_digests: Iterable[str]) -> str:
     """xxh3-128 over the parts' xxh3-128 digests, in order: a file's own digest when nothing
     gives a whole-file reference, computed from the parts as they arrive (issue 7: reading a
