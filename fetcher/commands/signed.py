@@ -17,7 +17,6 @@ import base64
 import hashlib
 from dataclasses import dataclass, replace
 
-from fetcher.commands.pickles import pickle_files
 from fetcher.config import Config
 from fetcher.errors import SignatureError
 from fetcher.observe import log
@@ -150,8 +149,6 @@ def check_coverage(
                 f"{path}: {obj.size} bytes in the bucket, {sizes[path]} signed by "
                 f"{PARTS_SIGNATURE_NAME if verified.parts else SIGNATURE_NAME}"
             )
-    if pickles := pickle_files(o.rel for o in objs):
-        log.event("pickle_signed", f"{len(pickles)} pickle files are signed", files=pickles[:20])
 
 
 def _empty_shard_gap(obj: RemoteObject, statement: Statement) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fetcher.handoff import redacted
-from tests.conftest import Result
+from tests.helpers import Result
 
 CREDENTIALS = ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "AWS_ACCESS_KEY_ID",
                "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")  # fmt: skip

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, free_port
-from tests.conftest import BUCKET, Result, metric, pod_env, run_fetcher, tree
 from tests.faults.proxy import FaultProxy, FlipByte
+from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, tree
 
 PART = 256 * 1024
 
