@@ -490,7 +490,7 @@ def test_kill_9_then_resume_under_the_trust_policy(
     import signal
 
     from tests.faults.proxy import Stall
-    from tests.faults.test_reliability import popen_fetcher, wait_for_parts
+    from tests.helpers import popen_fetcher, wait_for_parts
 
     local = tmp_path / "one"
     local.mkdir()
