@@ -77,18 +77,21 @@ class SeaweedServer:
     def https_endpoint(self) -> str:
         return f"https://127.0.0.1:{self.ports['s3.port.https']}"
 
-    def start(self, timeout: float = 60.0) -> SeaweedServer:
+    def start(self, timeout: float = 60.0, same_ports: bool = False) -> SeaweedServer:
+        """Start; `same_ports` starts again where a stopped server was (a restarted MinIO
+        pod: same address, same data directory)."""
         data, logs = self.workdir / "data", self.workdir / "logs"
         data.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
         config.write_text(json.dumps(self._identities()))
-        self.ports = {flag: free_port() for flag in _PORT_FLAGS}
+        if not (same_ports and self.ports):
+            self.ports = {flag: free_port() for flag in _PORT_FLAGS}
         args = [weed_binary(), f"-logdir={logs}", "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         args += [f"-dir={data}", f"-s3.config={config}", "-admin.ui=false", "-webdav=false"]
         args += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024"]
         if self.tls_cert and self.tls_key:
-            self.ports["s3.port.https"] = free_port()
+            self.ports.setdefault("s3.port.https", free_port())
             args += [f"-s3.cert.file={self.tls_cert}", f"-s3.key.file={self.tls_key}"]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         with (logs / "stdout.txt").open("wb") as out:  # the child keeps its own descriptor

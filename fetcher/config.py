@@ -81,6 +81,7 @@ class Config:
     exclude: tuple[str, ...] = ()
     verify_mode: VerifyMode = "fast"
     retries: int = 8  # attempts per part
+    outage_tolerance: float = 120.0  # how long the whole run waits out an unreachable source
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     deadline: float | None = None
@@ -313,6 +314,7 @@ class _Settings(TypedDict):
     exclude: tuple[str, ...]
     verify_mode: VerifyMode
     retries: int
+    outage_tolerance: float
     connect_timeout: float
     read_timeout: float
     deadline: float | None
@@ -346,6 +348,7 @@ def _settings(r: _Reader, command: Command, stderr_isatty: bool) -> _Settings:
         exclude=r.globs("--exclude", ("FETCH_EXCLUDE", "STORAGE_IGNORE_PATTERNS")),
         verify_mode=verify_mode,
         retries=r.get("FETCH_RETRIES", "--retries", int_in(1, 100), 8),
+        outage_tolerance=r.get("FETCH_OUTAGE_TOLERANCE", "--outage-tolerance", seconds, 120.0),
         connect_timeout=r.get("FETCH_CONNECT_TIMEOUT", "--connect-timeout", seconds, 10.0),
         read_timeout=r.get("FETCH_READ_TIMEOUT", "--read-timeout", seconds, 60.0),
         deadline=r.get("FETCH_DEADLINE", "--deadline", seconds, None),

@@ -43,6 +43,9 @@ def committed_rel(journal: Path) -> str | None:
     return rel
 
 
+DIRECT_MIN_SIZE = 4 << 20  # smaller files are written through the page cache (Partial.open)
+
+
 class Partial:
     """A preallocated file of the object's size plus a journal of its finished parts."""
 
@@ -55,6 +58,10 @@ class Partial:
         self.fd, self.direct_fd = fd, direct_fd
         self.done: dict[int, str] = {}
         self.committing: str | None = None  # the final name, once the rename is under way
+        # A one-part file has nothing to resume (a part is kept whole or not at all): its
+        # journal is written once, for the rename (`committing`). Two writes per file fewer,
+        # one of them on the event loop, for the small files of a compile cache (issue 14).
+        self.resumable = size > part_size
 
     @classmethod
     def open(cls, base: Path, etag: str, size: int, part_size: int, direct: bool = True) -> Partial:
@@ -62,6 +69,10 @@ class Partial:
         with os_errors("create partial file", path):
             fd = _open_own_file(path)
         # The bulk bytes bypass the page cache where the file system allows (directio.py).
+        # Not a small file's: an O_DIRECT write waits for the disk, on the event loop (0.55 ms
+        # per 64 KiB file, 1000 files: 0.55 s of a 5.9 s fetch, profiled), while its few
+        # pages in the page cache cost nothing and are written by the fsync in a thread.
+        direct = direct and size >= DIRECT_MIN_SIZE
         direct_fd = directio.open_direct(path, os.O_RDWR | os.O_NOFOLLOW) if direct else None
         partial = cls(base, etag, size, part_size, fd, direct_fd)
         partial.done = partial._resumable_parts()
@@ -93,7 +104,8 @@ class Partial:
                     if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                         raise
                     os.ftruncate(self.fd, self.size)  # file systems without fallocate
-        self.write_journal()
+        if self.resumable:
+            self.write_journal()
 
     def pwrite(self, data: memoryview, offset: int) -> None:
         with os_errors("write", self.path):
@@ -101,11 +113,13 @@ class Partial:
 
     def mark_done(self, index: int, digest: str) -> None:
         self.done[index] = digest
-        self.write_journal()
+        if self.resumable:
+            self.write_journal()
 
     def forget_part(self, index: int) -> None:
         self.done.pop(index, None)
-        self.write_journal()
+        if self.resumable:
+            self.write_journal()
 
     def write_journal(self) -> None:
         # No fsync: after a crash a journal may claim a part whose bytes were lost with the

@@ -185,7 +185,6 @@ class Fetch:
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
         self.cfg, self.metrics = cfg, metrics
         self.cache = Cache(cfg.dest, cfg.direct_io)
-        self._state_lock = asyncio.Lock()
         self.started = time.monotonic()
         self.resumed_bytes = 0
         self.manifest: Manifest | None = None
@@ -372,7 +371,7 @@ class Fetch:
         )
         async with progress:
             transfer = Transfer(self.cfg, src, self.cache, self.metrics, progress)
-            await transfer.run(plan.fetch, lambda rel, fs: self._commit(state, rel, fs))
+            await transfer.run(plan.fetch, state)
         self.resumed_bytes = progress.resumed_bytes
         skip = self.cfg.skip_format_checks
         await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files), skip)
@@ -388,11 +387,6 @@ class Fetch:
 
     def _took(self) -> float:
         return round(time.monotonic() - self.started, 3)
-
-    async def _commit(self, state: State, rel: str, fs: FileState) -> None:
-        async with self._state_lock:
-            state.files[rel] = fs
-            await asyncio.to_thread(self.cache.save_state, state)
 
     def _prune(self, plan: Plan, state: State) -> None:
         for rel in plan.remove:

@@ -80,6 +80,15 @@ class Metrics:
             "model_fetcher_source_unreachable",
             "1 when the cache was served because S3 could not be reached.",
         )
+        self.source_up = gauge(
+            "model_fetcher_source_up",
+            "0 while the source is unreachable during a fetch (FETCH_OUTAGE_TOLERANCE), else 1.",
+        )
+        self.source_up.set(1)
+        self.outage_seconds = counter(
+            "model_fetcher_outage_seconds",
+            "Seconds the fetch waited for an unreachable source, summed over outages.",
+        )
         self.drift = gauge(
             "model_fetcher_remote_drift_files",
             "Files that differ between the cache and the bucket (sidecar watch).",

@@ -47,16 +47,29 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         return max(self.done - self.resumed_bytes, 0) / elapsed
 
+    def fraction(self) -> float:
+        """Done by bytes received and by files committed, whichever is behind: with many
+        small files the bytes arrive long before the last file is verified and placed, and
+        a bytes-only figure said `100% eta 0` for a minute (issue 14)."""
+        by_bytes = self.done / self.total if self.total else 1.0
+        by_files = self.files_done / self.files_total if self.files_total else 1.0
+        return min(by_bytes, by_files, 1.0)
+
     def snapshot(self) -> dict[str, Any]:
         rate = self.rate()
-        left = max(self.total - self.done, 0)
+        etas = []
+        if rate > 0:
+            etas.append(max(self.total - self.done, 0) / rate)
+        if self.files_done:
+            per_file = (time.monotonic() - self.started) / self.files_done
+            etas.append((self.files_total - self.files_done) * per_file)
         return {
             "bytes_done": self.done,
             "bytes_total": self.total,
             "files_done": self.files_done,
             "files_total": self.files_total,
             "mib_per_s": round(rate / 2**20, 1),
-            "eta_s": round(left / rate, 1) if rate > 0 else None,
+            "eta_s": round(max(etas), 1) if etas else None,
         }
 
     async def __aenter__(self) -> Progress:
@@ -80,8 +93,8 @@ class Progress:
         while True:
             await asyncio.sleep(self.interval)
             snap = self.snapshot()
-            pct = 100.0 * snap["bytes_done"] / self.total if self.total else 100.0
-            log.event("progress", f"{pct:.0f}% at {snap['mib_per_s']} MiB/s", **snap)
+            pct, files = 100.0 * self.fraction(), f"{self.files_done}/{self.files_total} files"
+            log.event("progress", f"{pct:.0f}% ({files}) at {snap['mib_per_s']} MiB/s", **snap)
 
 
 class _RichBar:

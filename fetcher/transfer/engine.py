@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 from fetcher.cache.partial import Partial
-from fetcher.cache.state import FileState
+from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
 from fetcher.config import Config
 from fetcher.errors import (
@@ -31,6 +30,7 @@ from fetcher.observe.progress import Progress
 from fetcher.source.base import ControlPlane, RemoteObject
 from fetcher.tasks import run_all
 from fetcher.transfer.http import RangeGetter
+from fetcher.transfer.outage import SourceHealth
 from fetcher.transfer.parts import Part, PartDownloader, PartTask, plan_parts, split_digest
 from fetcher.transfer.plan import Expected, Job
 from fetcher.transfer.workers import WorkerPool
@@ -42,9 +42,6 @@ _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
 # rare, so a second mismatch of the same ETag is what the server holds (a stale manifest).
 # More attempts only multiplied the traffic and warnings (8 per part: 232 for a 2 MiB shard).
 _PART_CHECKSUM_ATTEMPTS = 2
-
-
-OnCommit = Callable[[str, FileState], Awaitable[None]]
 
 
 class Transfer:
@@ -65,19 +62,22 @@ class Transfer:
         self.getter: RangeGetter | None = None
         self.parts: PartDownloader | None = None
 
-    async def run(self, jobs: list[Job], on_commit: OnCommit) -> None:
+    async def run(self, jobs: list[Job], state: State) -> None:
+        """Fetch every job; each verified file is placed and recorded in `state` (whose
+        writes `Cache.place` batches: the caller saves it once at the end)."""
         self._versions = {j.obj.key: j.obj.version_id for j in jobs if j.obj.version_id}
         try:
             if self.cfg.workers > 1 and jobs:
                 self.pool = await WorkerPool.start(self.cfg, self.hooks)
             else:
                 self.getter = make_getter(self.cfg, self.cfg.concurrency)
+                health = SourceHealth(self.cfg.outage_tolerance, self.hooks.on_source)
                 self.parts = PartDownloader(
-                    self.getter, self.inflight, self.cfg.retries, self._url, self.hooks
+                    self.getter, self.inflight, self.cfg.retries, self._url, self.hooks, health
                 )
             # Small files first: config and tokenizer land at once; parts are served in order.
             ordered = sorted(jobs, key=lambda job: job.obj.size)
-            await run_all(self._fetch_file(job, on_commit) for job in ordered)
+            await run_all(self._fetch_file(job, state) for job in ordered)
         except BaseException:
             if self.pool is not None:
                 await self.pool.close(abort=True)
@@ -89,26 +89,24 @@ class Transfer:
             if self.pool is not None:
                 await self.pool.close()
 
-    async def _fetch_file(self, job: Job, on_commit: OnCommit) -> None:
+    async def _fetch_file(self, job: Job, state: State) -> None:
         async with self.files_open:
             try:
                 try:
-                    fs = await self._fetch_version(job)
+                    await self._fetch_version(job, state)
                 except ObjectChanged:
                     if job.obj.version_id:
                         raise  # a pinned version never changes: never fall back to the latest
                     # Replaced while we read it: start this file over, once, on the new version.
                     job = await self._new_version(job)
-                    fs = await self._fetch_version(job)
+                    await self._fetch_version(job, state)
             except IntegrityError:
                 self.metrics.files["failed"].inc()
                 raise
-        await on_commit(job.obj.rel, fs)
-        self.cache.forget_partial(job.obj.key)
         self.metrics.files["downloaded"].inc()
         self.progress.file_done(job.obj.rel, job.obj.size)
 
-    async def _fetch_version(self, job: Job) -> FileState:
+    async def _fetch_version(self, job: Job, state: State) -> None:
         obj = job.obj
         part_size = job.expected.part_size or self.cfg.part_size
         # Threads: posix_fallocate is emulated with a write per block where the file system
@@ -135,14 +133,14 @@ class Transfer:
             # or a cut config.json never gets its final name.
             skip = self.cfg.skip_format_checks
             await asyncio.to_thread(check_file, partial.path, obj.rel, skip)
-            mtime_ns = await asyncio.to_thread(self.cache.commit, partial, obj.rel)
+            composite = None if whole or job.expected.xxh3 else part_size
+            fs = FileState(obj.size, obj.etag, digest, 0, job.expected.source, composite)
+            await asyncio.to_thread(self.cache.place, partial, obj.rel, fs, state)
         except IntegrityError:
             partial.discard()  # bad or mixed bytes are never resumed
             raise
         finally:
             partial.close()
-        composite = None if whole or job.expected.xxh3 else part_size
-        return FileState(obj.size, obj.etag, digest, mtime_ns, job.expected.source, composite)
 
     async def _new_version(self, job: Job) -> Job:
         obj = job.obj
@@ -353,3 +351,7 @@ class MetricsHooks:
 
     def on_inflight(self, delta: int) -> None:
         self.metrics.inflight.inc(delta)
+
+    def on_source(self, up: bool, outage_seconds: float) -> None:
+        self.metrics.source_up.set(1 if up else 0)
+        self.metrics.outage_seconds.inc(outage_seconds)

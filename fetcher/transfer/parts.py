@@ -23,6 +23,7 @@ from fetcher.errors import RangeMismatch, TransientSourceError
 from fetcher.observe import log
 from fetcher.transfer.framing import RangeRequest
 from fetcher.transfer.http import RangeGetter
+from fetcher.transfer.outage import SourceHealth, is_outage
 
 _BACKOFF_BASE, _BACKOFF_CAP = 0.2, 10.0
 
@@ -77,6 +78,7 @@ class Hooks(Protocol):
     def on_retry(self, reason: str) -> None: ...
     def on_request(self, seconds: float) -> None: ...
     def on_inflight(self, delta: int) -> None: ...
+    def on_source(self, up: bool, outage_seconds: float) -> None: ...
 
 
 def backoff(attempt: int) -> float:
@@ -92,9 +94,10 @@ class PartDownloader:
         retries: int,
         url: Callable[[str], Awaitable[str]],
         hooks: Hooks,
+        health: SourceHealth,
     ) -> None:
         self.getter, self.inflight, self.retries = getter, inflight, retries
-        self.url, self.hooks = url, hooks
+        self.url, self.hooks, self.health = url, hooks, health
 
     async def download(self, task: PartTask, write: Write) -> str:
         """Fetch the part into `write`, retrying transient failures; returns its xxh3-128,
@@ -116,6 +119,8 @@ class PartDownloader:
                 sha.update(data)
             got += len(data)
             self.hooks.on_bytes(len(data))
+            if self.health.down_since is not None:
+                self.health.ok()  # bytes arrive: the waiting parts need not wait for the end
 
         attempts = 0
         while True:
@@ -124,19 +129,29 @@ class PartDownloader:
                 return digest()  # every byte landed before the error was seen
             try:
                 await self._request(task, task.start + got, sink)
+                self.health.ok()
                 return digest()
             except (TransientSourceError, RangeMismatch) as exc:
                 # A wrong Content-Range wrote nothing (it is checked before the body), so it
                 # is retried like a reset; only its persistence makes it an integrity error.
-                attempts = 1 if got > before else attempts + 1
-                if attempts >= self.retries:
-                    raise
+                progressed, was_up = got > before, self.health.up
+                outage = not progressed and is_outage(exc)
+                if outage:
+                    self.health.failed(exc)
+                # Failures while the source is down are bounded by the outage tolerance (the
+                # probe raises), not by this part's attempts: they say nothing about the part.
+                if progressed or was_up or not outage:
+                    attempts = 1 if progressed else attempts + 1
+                    if attempts >= self.retries:
+                        raise
                 self.hooks.on_retry(getattr(exc, "reason", "range_mismatch"))
                 log.debug("retry", f"{task.rel} part {task.index}: {exc}", attempt=attempts)
-                await asyncio.sleep(backoff(attempts))
+                if not outage:  # while down, the shared probe's backoff does the waiting
+                    await asyncio.sleep(backoff(attempts))
 
     async def _request(self, task: PartTask, start: int, sink: Write) -> None:
-        async with self.inflight:
+        # The turn before the semaphore: parts waiting out an outage hold no request slot.
+        async with self.health.turn(), self.inflight:
             url = await self.url(task.key)
             req = RangeRequest(url, task.rel, task.etag, start, task.end, task.size)
             self.hooks.on_inflight(1)

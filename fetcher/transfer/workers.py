@@ -38,6 +38,7 @@ from fetcher.errors import FetchError, TransientSourceError, WorkerLost
 from fetcher.observe import log
 from fetcher.tls import tls_context
 from fetcher.transfer.http import RangeGetter
+from fetcher.transfer.outage import SourceHealth
 from fetcher.transfer.parts import Hooks, PartDownloader, PartTask
 
 _LINE_LIMIT = 1 << 20
@@ -70,6 +71,7 @@ class WorkerPool:
         limits = split_limit(cfg.concurrency, cfg.workers)
         settings = {
             "retries": cfg.retries,
+            "outage_tolerance": cfg.outage_tolerance,
             "connect_timeout": cfg.connect_timeout,
             "read_timeout": cfg.read_timeout,
             "https": cfg.https,
@@ -170,6 +172,8 @@ class WorkerPool:
             self.hooks.on_request(float(value))
         elif kind == "i":
             self.hooks.on_inflight(int(value))
+        elif kind == "s":
+            self.hooks.on_source(bool(value[0]), float(value[1]))
 
     async def close(self, abort: bool = False) -> None:
         """Let idle workers exit; on failure or a stop signal, stop them at once (the parts
@@ -229,6 +233,9 @@ class _PipeHooks:
     def on_inflight(self, delta: int) -> None:
         _emit({"h": "i", "v": delta})
 
+    def on_source(self, up: bool, outage_seconds: float) -> None:
+        _emit({"h": "s", "v": [up, outage_seconds]})
+
 
 _EMIT_LOCK = threading.Lock()  # hooks fire from the loop and from the writer threads
 
@@ -252,7 +259,11 @@ async def _serve(settings: dict[str, Any]) -> None:
     async def url_for(key: str) -> str:
         return urls[key]
 
-    parts = PartDownloader(getter, inflight, settings["retries"], url_for, _PipeHooks())
+    hooks = _PipeHooks()
+    # Each worker process keeps its own outage state (its parts share it): one probe per
+    # worker, not per part; the parent adds up the reported outage seconds.
+    health = SourceHealth(settings["outage_tolerance"], hooks.on_source)
+    parts = PartDownloader(getter, inflight, settings["retries"], url_for, hooks, health)
     tasks: dict[int, asyncio.Task[None]] = {}
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)

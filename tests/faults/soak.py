@@ -2,7 +2,10 @@
 
 Each round fetches a published model (with its manifest) through the fault proxy into a fresh
 cache, with a random handful of faults scripted on the ranged GETs; every third round is killed
-with SIGKILL half-way and resumed. Every file on disk is compared with the source.
+with SIGKILL half-way and resumed, and every fourth has an outage: the S3 server itself is
+stopped for a few seconds mid-fetch and started again on the same ports and data (a MinIO
+restart, issue 14), which FETCH_OUTAGE_TOLERANCE must ride out. Every file on disk is compared
+with the source.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from devtools.sample_model import write_sample_model
-from devtools.seaweed import boto3_client, start_temporary
+from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
 from fetcher.cache.layout import META_DIR
 from tests.faults.proxy import (
     FaultProxy,
@@ -86,6 +90,7 @@ def main() -> int:
         "ok": 0,
         "failed": 0,
         "killed_and_resumed": 0,
+        "outages": 0,
         "corrupt_files": 0,
         "faults": 0,
     }
@@ -122,7 +127,7 @@ def main() -> int:
         }
         deadline = time.monotonic() + args.minutes * 60
         while time.monotonic() < deadline:
-            soak_round(rng, proxy, env, work, stats)
+            soak_round(rng, server, proxy, env, work, stats)
     finally:
         proxy.stop()
         server.stop()
@@ -132,8 +137,34 @@ def main() -> int:
     return 1 if stats["corrupt_files"] or not stats["ok"] else 0
 
 
+def outage(
+    server: SeaweedServer, proxy: FaultProxy, after: float, seconds: float
+) -> threading.Thread:
+    """Once model bytes flow, wait `after` seconds, stop the server for `seconds`, then start
+    it where it was. Mid-fetch: the LIST at start-up has no outage tolerance (a complete cache
+    is served at once when S3 is away, DESIGN.md)."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while proxy.bytes_sent(PREFIX) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(after)
+        server.stop()
+        time.sleep(seconds)
+        server.start(same_ports=True)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def soak_round(
-    rng: random.Random, proxy: FaultProxy, env: dict[str, str], work: Path, stats: dict[str, int]
+    rng: random.Random,
+    server: SeaweedServer,
+    proxy: FaultProxy,
+    env: dict[str, str],
+    work: Path,
+    stats: dict[str, int],
 ) -> None:
     dest = work / "cache"
     shutil.rmtree(dest, ignore_errors=True)
@@ -148,7 +179,13 @@ def soak_round(
         )
         stats["faults"] += 1
     kill = stats["rounds"] % 3 == 2
+    down = (
+        None if kill or stats["rounds"] % 4 != 1 else outage(server, proxy, rng.uniform(0, 0.3), 4)
+    )
     code = run_round({**env, "MODEL_CACHE_DIR": str(dest)}, kill)
+    if down is not None:
+        down.join()  # the server is back before the next round
+        stats["outages"] += 1
     stats["rounds"] += 1
     stats["killed_and_resumed"] += kill
     stats["ok" if code == 0 else "failed"] += 1

@@ -46,6 +46,7 @@ def test_interrupted_fetch_resumes_on_a_volume_without_room_for_two_copies(
         env = {**pod_env(s3_server, prefix, dest), "FETCH_PART_SIZE": str(PART)}
         # One part at a time: the 12 parts before the failures are done and journaled (with
         # 16 in flight, the failing parts could cancel the others before any was recorded).
+        # The 503s are the source away for more than the outage tolerance (issue 14).
         first = run_fetcher(
             [],
             {
@@ -53,6 +54,7 @@ def test_interrupted_fetch_resumes_on_a_volume_without_room_for_two_copies(
                 "MINIO_ENDPOINT": proxy.endpoint,
                 "FETCH_RETRIES": "2",
                 "FETCH_CONCURRENCY": "1",
+                "FETCH_OUTAGE_TOLERANCE": "1s",
             },
         )
         assert first.code == 3, first.stderr
