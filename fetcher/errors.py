@@ -113,7 +113,7 @@ class RangeMismatch(IntegrityError):
 class ChecksumMismatch(IntegrityError):
     def __init__(self, key: str, expected: str, actual: str, what: str = "file") -> None:
         super().__init__(f"checksum mismatch for {what} {key}: expected {expected}, got {actual}")
-        self.key, self.expected, self.actual = key, expected, actual
+        self.key, self.expected, self.actual, self.what = key, expected, actual, what
 
 
 class InvalidModel(IntegrityError):

@@ -22,7 +22,6 @@ from fetcher.errors import (
     IntegrityError,
     ObjectChanged,
     ObjectNotFound,
-    WorkerLost,
 )
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics
@@ -38,10 +37,6 @@ from fetcher.verify.checks import check_file
 from fetcher.verify.hashes import FileDigests, composite_xxh3, sha256_range, xxh3_range
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
-# A part whose bytes fail the manifest is fetched once more: TCP and TLS make a flip in transit
-# rare, so a second mismatch of the same ETag is what the server holds (a stale manifest).
-# More attempts only multiplied the traffic and warnings (8 per part: 232 for a 2 MiB shard).
-_PART_CHECKSUM_ATTEMPTS = 2
 
 
 class Transfer:
@@ -199,54 +194,33 @@ class Transfer:
     async def _fetch_part(
         self, job: Job, part: Part, partial: Partial, whole: RunningHash | None
     ) -> None:
-        expected = job.expected.parts[part.index] if job.expected.parts else None
-        signed = job.expected.sha256_parts[part.index] if job.expected.sha256_parts else None
-        failures = 0
-        while True:
-            digest, sha256 = split_digest(
-                await self._download_part(job.obj, part, partial, signed is not None)
-            )
-            if expected in (None, digest) and signed in (None, sha256):
-                partial.mark_done(part.index, digest)
-                # Writeback is left to the fsync before commit: sync_file_range per part was
-                # measured slower (404 vs 1093 MiB/s, A/B in one run, commit f3a501f).
-                if whole is not None:
-                    await whole.advance()
-                return
-            failures += 1
-            self.metrics.checksum_failures.inc()
-            self.progress.add(-max(part.length, 0))
-            log.warning(
-                "part_checksum",
-                f"{job.obj.rel} part {part.index} failed its checksum",
-                file=job.obj.rel,
-                part=part.index,
-                attempt=failures,
-            )
-            if failures >= min(self.cfg.retries, _PART_CHECKSUM_ATTEMPTS):
-                bad_xxh3 = expected not in (None, digest)
-                want, got = (expected, digest) if bad_xxh3 else (signed, sha256)
-                raise ChecksumMismatch(
-                    job.obj.rel, str(want), str(got), what=f"part {part.index} of"
-                )
+        """A part as expected (its retries, re-fetch on a bad digest: parts.py), recorded."""
+        digest, _ = split_digest(await self._download_part(job, part, partial))
+        partial.mark_done(part.index, digest)
+        # Writeback is left to the fsync before commit: sync_file_range per part was
+        # measured slower (404 vs 1093 MiB/s, A/B in one run, commit f3a501f).
+        if whole is not None:
+            await whole.advance()
 
-    async def _download_part(
-        self, obj: RemoteObject, part: Part, partial: Partial, sha256: bool = False
-    ) -> str:
+    async def _download_part(self, job: Job, part: Part, partial: Partial) -> str:
+        obj, want = job.obj, job.expected
+        signed = want.sha256_parts[part.index] if want.sha256_parts else None
         task = PartTask(
-            obj.key, obj.rel, obj.etag, obj.size, part.index, part.start, part.end, sha256
+            obj.key,
+            obj.rel,
+            obj.etag,
+            obj.size,
+            part.index,
+            part.start,
+            part.end,
+            sha256=signed is not None,
+            want_xxh3=want.parts[part.index] if want.parts else None,
+            want_sha256=signed,
         )
         if self.pool is None:
             assert self.parts is not None  # built in run() whenever there is no pool
             return await self.parts.download(task, partial.pwrite)
-        while True:
-            try:
-                return await self.pool.download(task, partial.path, await self._url(obj.key))
-            except WorkerLost as exc:
-                if not self.pool.any_alive():
-                    raise
-                # The whole part again, on a live worker: its digest is of the new stream.
-                log.warning("worker_lost", f"{exc}; {obj.rel} part {part.index} again")
+        return await self.pool.download(task, partial.path, await self._url(obj.key))
 
     async def _url(self, key: str) -> str:
         cached = self._urls.get(key)
@@ -355,3 +329,7 @@ class MetricsHooks:
     def on_source(self, up: bool, outage_seconds: float) -> None:
         self.metrics.source_up.set(1 if up else 0)
         self.metrics.outage_seconds.inc(outage_seconds)
+
+    def on_checksum_failure(self, nbytes: int) -> None:
+        self.metrics.checksum_failures.inc()
+        self.progress.add(-nbytes)  # those bytes are fetched again

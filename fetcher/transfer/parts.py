@@ -1,8 +1,14 @@
 """One part: a ranged GET with its retries, its hash, and its bytes written at their offset.
 
-Retries live here and nowhere else: only TransientSourceError (and a wrong Content-Range,
-which wrote nothing) are retried, with full-jitter backoff; the attempt count resets whenever
-an attempt made progress, and the next attempt resumes at the byte where the last one stopped.
+Every retry of the byte path lives here (issue 17): only TransientSourceError (and a wrong
+Content-Range, which wrote nothing) are retried, with full-jitter backoff; the attempt count
+resets whenever an attempt made progress, and the next attempt resumes at the byte where the
+last one stopped; while the source is down, parts wait on the shared outage state instead
+(outage.py). A part whose bytes fail their expected digest (the manifest's xxh3, the
+signature's sha256) is fetched once more, whole, then it is a ChecksumMismatch. (A worker
+process that dies is the pool's to answer: `WorkerPool.download` sends its part to a live
+one. An object replaced mid-download is not a retry of a part but a new version of the file:
+the engine starts that file over, once.)
 This module is shared by the in-process engine and the FETCH_WORKERS processes, so it imports
 neither botocore nor the cache state.
 """
@@ -19,13 +25,17 @@ from typing import Protocol
 
 import xxhash
 
-from fetcher.errors import RangeMismatch, TransientSourceError
+from fetcher.errors import ChecksumMismatch, RangeMismatch, TransientSourceError
 from fetcher.observe import log
 from fetcher.transfer.framing import RangeRequest
 from fetcher.transfer.http import RangeGetter
 from fetcher.transfer.outage import SourceHealth, is_outage
 
 _BACKOFF_BASE, _BACKOFF_CAP = 0.2, 10.0
+# A part whose bytes fail the manifest is fetched once more: TCP and TLS make a flip in transit
+# rare, so a second mismatch of the same ETag is what the server holds (a stale manifest).
+# More attempts only multiplied the traffic and warnings (8 per part: 232 for a 2 MiB shard).
+CHECKSUM_ATTEMPTS = 2
 
 Write = Callable[[memoryview, int], None]
 
@@ -63,6 +73,12 @@ class PartTask:
     start: int
     end: int
     sha256: bool = False  # also hash sha256: a signed model's .model-parts.sig (issue 12)
+    want_xxh3: str | None = None  # the manifest's digest of this part, if any
+    want_sha256: str | None = None  # the signature's digest of this part, if any
+
+    @property
+    def length(self) -> int:
+        return max(self.end - self.start + 1, 0)
 
 
 def split_digest(digest: str) -> tuple[str, str | None]:
@@ -79,6 +95,7 @@ class Hooks(Protocol):
     def on_request(self, seconds: float) -> None: ...
     def on_inflight(self, delta: int) -> None: ...
     def on_source(self, up: bool, outage_seconds: float) -> None: ...
+    def on_checksum_failure(self, nbytes: int) -> None: ...
 
 
 def backoff(attempt: int) -> float:
@@ -100,8 +117,30 @@ class PartDownloader:
         self.url, self.hooks, self.health = url, hooks, health
 
     async def download(self, task: PartTask, write: Write) -> str:
-        """Fetch the part into `write`, retrying transient failures; returns its xxh3-128,
-        or "<xxh3>/<sha256>" when the task asks for sha256 too (see `split_digest`)."""
+        """The part into `write`, its bytes as expected; returns its xxh3-128, or
+        "<xxh3>/<sha256>" when the task asks for sha256 too (see `split_digest`)."""
+        failures = 0
+        while True:
+            digest = await self._fetch(task, write)
+            xxh3, sha256 = split_digest(digest)
+            if task.want_xxh3 in (None, xxh3) and task.want_sha256 in (None, sha256):
+                return digest
+            failures += 1
+            self.hooks.on_checksum_failure(task.length)
+            log.warning(
+                "part_checksum",
+                f"{task.rel} part {task.index} failed its checksum",
+                file=task.rel,
+                part=task.index,
+                attempt=failures,
+            )
+            if failures >= min(self.retries, CHECKSUM_ATTEMPTS):
+                bad_xxh3 = task.want_xxh3 not in (None, xxh3)
+                want, got = (task.want_xxh3, xxh3) if bad_xxh3 else (task.want_sha256, sha256)
+                raise ChecksumMismatch(task.rel, str(want), str(got), what=f"part {task.index} of")
+
+    async def _fetch(self, task: PartTask, write: Write) -> str:
+        """One pass over the part, retrying transient failures from the byte they stopped at."""
         hasher = xxhash.xxh3_128()
         sha = hashlib.sha256() if task.sha256 else None
         got = 0

@@ -34,7 +34,7 @@ from fetcher import errors
 from fetcher.cache import directio
 from fetcher.cache.oserrors import os_errors
 from fetcher.config import Config
-from fetcher.errors import FetchError, TransientSourceError, WorkerLost
+from fetcher.errors import ChecksumMismatch, FetchError, TransientSourceError, WorkerLost
 from fetcher.observe import log
 from fetcher.tls import tls_context
 from fetcher.transfer.http import RangeGetter
@@ -104,6 +104,17 @@ class WorkerPool:
         return pool
 
     async def download(self, task: PartTask, path: Path, url: str) -> str:
+        """The part on the least busy worker; if that worker dies, the whole part again on a
+        live one (its digest is of the new stream); with none left, WorkerLost (exit 5)."""
+        while True:
+            try:
+                return await self._dispatch(task, path, url)
+            except WorkerLost as exc:
+                if not self.any_alive():
+                    raise
+                log.warning("worker_lost", f"{exc}; {task.rel} part {task.index} again")
+
+    async def _dispatch(self, task: PartTask, path: Path, url: str) -> str:
         alive = [w for w in self.workers if w.alive]
         if not alive:
             raise WorkerLost("every worker process has exited (killed, or out of memory?)")
@@ -174,6 +185,8 @@ class WorkerPool:
             self.hooks.on_inflight(int(value))
         elif kind == "s":
             self.hooks.on_source(bool(value[0]), float(value[1]))
+        elif kind == "c":
+            self.hooks.on_checksum_failure(int(value))
 
     async def close(self, abort: bool = False) -> None:
         """Let idle workers exit; on failure or a stop signal, stop them at once (the parts
@@ -209,6 +222,9 @@ def _rebuild(msg: dict[str, Any]) -> FetchError:
         cls = FetchError
     if issubclass(cls, TransientSourceError):
         return TransientSourceError(msg["message"], reason=msg.get("reason") or "other")
+    if issubclass(cls, ChecksumMismatch) and isinstance(msg.get("fields"), list):
+        key, expected, actual, what = map(str, msg["fields"])
+        return ChecksumMismatch(key, expected, actual, what=what)
     try:
         return cls(msg["message"])
     except TypeError:
@@ -235,6 +251,9 @@ class _PipeHooks:
 
     def on_source(self, up: bool, outage_seconds: float) -> None:
         _emit({"h": "s", "v": [up, outage_seconds]})
+
+    def on_checksum_failure(self, nbytes: int) -> None:
+        _emit({"h": "c", "v": nbytes})
 
 
 _EMIT_LOCK = threading.Lock()  # hooks fire from the loop and from the writer threads
@@ -323,6 +342,11 @@ def _emit_error(ident: int, exc: FetchError) -> None:
             "error": type(exc).__name__,
             "message": str(exc),
             "reason": getattr(exc, "reason", None),
+            **(
+                {"fields": [exc.key, exc.expected, exc.actual, exc.what]}
+                if isinstance(exc, ChecksumMismatch)
+                else {}
+            ),
         }
     )
 
