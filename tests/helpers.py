@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from devtools.seaweed import SeaweedServer
 from fetcher.cache.layout import META_DIR, Layout
@@ -194,3 +196,22 @@ def make_certs(where: Path) -> tuple[Path, Path, Path]:
         "ext.cnf",
     )
     return where / "ca.pem", where / "srv.pem", where / "srv.key"
+
+
+def make_key(where: Path, name: str = "signer") -> tuple[Path, Path]:
+    """(private.pem, public.pem) of a fresh P-256 key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = where / f"{name}.key.pem", where / f"{name}.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public

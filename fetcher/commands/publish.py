@@ -134,7 +134,7 @@ async def publish(cfg: Config) -> int:
         body = manifest.dumps().encode()
         written = await src.put(cfg.prefix + MANIFEST_NAME, body, {})
     if cfg.register:
-        await register_published(cfg, body, _version_id(written))
+        await register_published(cfg, body, _version_id(written), pin)
     took = time.monotonic() - started
     log.event(
         "published",

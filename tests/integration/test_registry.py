@@ -26,7 +26,7 @@ from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, free_port
 from fetcher.verify.manifest import MANIFEST_NAME
 from tests.faults.proxy import FaultProxy
-from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, tree
+from tests.helpers import BUCKET, Result, make_key, metric, pod_env, run_fetcher, tree
 from tests.integration import mlflowserver
 
 VERSIONED = "llm-versioned"
@@ -426,3 +426,43 @@ def test_fetch_manifest_version_reads_the_manifest_published_then(
     pinned = run_fetcher([uri, str(dest)], {**env, "FETCH_MANIFEST_VERSION": first})
     assert pinned.code == 0, pinned.stderr
     assert tree(dest) == tree(models[0])
+
+
+def test_a_signed_publish_registers_its_root_digest_and_fetch_pins_it(
+    s3_server: SeaweedServer,
+    mlflow: mlflowserver.MlflowServer,
+    versioned: str,
+    models: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The registry's root_digest tag is a pin, as FETCH_MODEL_DIGEST is: the version serves
+    only with a signature of exactly that digest (fail closed), with no key configured."""
+    private, _ = make_key(tmp_path)
+    model = name()
+    uri = f"s3://{versioned}/{model}/1/"
+    res = publish(
+        s3_server, models[0], uri, mlflow.url, "--sign-key", str(private), "--register", model
+    )
+    pin = res.events("registered")[0]["root_digest"]
+    assert pin and pin.startswith("sha256:")
+    mv = mlflow.api("GET", f"model-versions/get?name={model}&version=1")["model_version"]
+    assert {t["key"]: t["value"] for t in mv["tags"]}["root_digest"] == pin
+    dest = tmp_path / "ok"
+    ok = fetch(s3_server, f"models:/{model}/1", dest, mlflow.url)
+    assert ok.code == 0, ok.stderr
+    assert tree(dest) == {**tree(models[0]), "model.sig": tree(dest)["model.sig"]}
+    # A registry that says another digest: nothing is served.
+    wrong = "sha256:" + "0" * 64
+    mlflow.api(
+        "POST",
+        "model-versions/set-tag",
+        {"name": model, "version": "1", "key": "root_digest", "value": wrong},
+    )
+    bad_dest = tmp_path / "bad"
+    bad = fetch(s3_server, f"models:/{model}/1", bad_dest, mlflow.url)
+    assert bad.code == 4, bad.stderr
+    assert tree(bad_dest) == {} if bad_dest.exists() else True
+    pinned = fetch(
+        s3_server, f"models:/{model}/1", tmp_path / "c", mlflow.url, FETCH_MODEL_DIGEST=pin
+    )
+    assert pinned.code == 4 and "FETCH_MODEL_DIGEST" in pinned.stderr

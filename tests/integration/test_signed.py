@@ -18,28 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer, free_port
 from tests.faults.proxy import FaultProxy, FlipByte
-from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, tree
+from tests.helpers import BUCKET, Result, make_key, metric, pod_env, run_fetcher, tree
 
 PART = 256 * 1024
-
-
-def make_key(where: Path, name: str = "signer") -> tuple[Path, Path]:
-    """(private.pem, public.pem) of a fresh P-256 key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = where / f"{name}.key.pem", where / f"{name}.pub.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
 
 
 def stock_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from fetcher.config import Config
-from fetcher.errors import ConfigError
+from fetcher.errors import ConfigError, IntegrityError
 from fetcher.source.registry import kubeflow, mlflow
 from fetcher.source.registry.uri import RegistryRef
 from fetcher.tasks import in_daemon_thread
@@ -38,7 +38,19 @@ class Resolved:
         return f"{self.uri} -> version {self.version} -> {self.location}"
 
     def apply(self, cfg: Config) -> Config:
-        return dataclasses.replace(cfg, bucket=self.bucket, prefix=self.prefix)
+        """The config at the resolved location. A root digest the registry recorded (a signed
+        `publish --register`) is pinned as FETCH_MODEL_DIGEST would pin it: a valid signature
+        of exactly that digest becomes mandatory, fail closed."""
+        cfg = dataclasses.replace(cfg, bucket=self.bucket, prefix=self.prefix)
+        if not self.root_digest:
+            return cfg
+        digest = self.root_digest.removeprefix("sha256:").lower()
+        if cfg.trust.digest and cfg.trust.digest.lower() != digest:
+            raise IntegrityError(
+                f"{self.uri} version {self.version} was registered with root digest "
+                f"sha256:{digest}, but FETCH_MODEL_DIGEST pins sha256:{cfg.trust.digest}"
+            )
+        return dataclasses.replace(cfg, trust=dataclasses.replace(cfg.trust, digest=digest))
 
 
 async def resolve(cfg: Config, ref: RegistryRef) -> Resolved:
