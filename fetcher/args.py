@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from difflib import get_close_matches
 from typing import Any, Literal, NoReturn
 
+from fetcher import __version__
 from fetcher.errors import ConfigError
 
 Command = Literal["fetch", "sidecar", "verify", "status", "publish"]
@@ -72,6 +74,7 @@ _TRANSFER_FLAGS: tuple[_Flag, ...] = (
     ("--verify", "MODE", "FETCH_VERIFY", "fast, or full to rehash every file (default fast)"),
     ("--metrics-port", "PORT", "METRICS_PORT", "serve /metrics on this port; 0 picks a free one"),
 )  # fmt: skip
+_PUBLISH_USES = ("--part-size", "--include", "--exclude", "--connect-timeout", "--read-timeout")
 _OUTPUT_FLAGS: tuple[_Flag, ...] = (
     ("--log-format", "FORMAT", "LOG_FORMAT", "json or text (default json unless stderr is a tty)"),
     ("--log-level", "LEVEL", "LOG_LEVEL", "debug, info, warning or error (default info)"),
@@ -90,7 +93,9 @@ environment only:
   FETCH_MANIFEST_VERSION, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN,
   MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_INSECURE_TLS,
   MLFLOW_TRACKING_SERVER_CERT_PATH, MODEL_REGISTRY_BASE_URL, MODEL_REGISTRY_SCHEME,
-  MODEL_REGISTRY_TOKEN_FILE
+  MODEL_REGISTRY_TOKEN_FILE,
+  FETCH_WHOLE_BUCKET (an empty prefix is refused without it), HTTP_PROXY, HTTPS_PROXY,
+  NO_PROXY (curl's rules, for every request)
 Without keys, botocore's credential chain (web identity, shared config) decides.
 The command may be left out: "model-fetcher s3://bucket/prefix/ /mnt/models" fetches."""
 
@@ -111,10 +116,16 @@ _SUMMARY = {
 _FETCH_EXITS = """exit codes: 0 ok (the serve command, if given, replaces this process); 2 usage or
 configuration; 3 source (auth, no such bucket or prefix, unreachable while the cache is
 incomplete); 4 integrity (checksum, safetensors, GGUF, index, JSON); 5 local cache (space,
-permissions); 143 SIGTERM, 130 SIGINT. The reason is one line on stderr and in
-FETCH_TERMINATION_LOG."""
+permissions, a read-only volume that is incomplete); 127 the serving command is not found
+(checked before any download); 143 SIGTERM, 130 SIGINT. The reason is one line on stderr and
+in FETCH_TERMINATION_LOG. A first word that is not a command or a source URI (s3://, models:/,
+model-registry://) is a mistyped command (exit 2), never a DEST; --version prints the version."""
 _COMMAND_EPILOG = {
     "fetch": _FETCH_EXITS,
+    "publish": """Uploads the files of LOCAL_DIR that --include / --exclude select (globs on the
+path or the file name); .git/ and .cache/huggingface/ are skipped (logged: publish_skipped).
+exit codes: 0 published; 2 usage or configuration; 3 S3 (auth, no such bucket, unreachable);
+4 a model file is invalid or its name would be refused by a fetcher; 5 LOCAL_DIR unreadable.""",
     "verify": """exit codes:
   0  every recorded file is present and unchanged (--full: and hashes as recorded),
      and the format checks pass (safetensors, GGUF, indexes, JSON files)
@@ -162,7 +173,9 @@ def _add_command(sub: argparse._SubParsersAction[_Parser], name: Command) -> _Pa
         parser.add_argument("--full", action="store_true", help="rehash every file")
     if name in ("fetch", "sidecar", "publish"):
         _add_flags(parser, "source", _SOURCE_FLAGS)
-        _add_flags(parser, "transfer", _TRANSFER_FLAGS)
+        # publish lists only what it uses (issue 13): it once showed workers, verify, ...
+        used = _PUBLISH_USES if name == "publish" else None
+        _add_flags(parser, "transfer", [f for f in _TRANSFER_FLAGS if not used or f[0] in used])
     if name != "status":
         _add_flags(parser, "checks", [_CHECKS_FLAG])
     if name in ("fetch", "sidecar"):
@@ -170,10 +183,11 @@ def _add_command(sub: argparse._SubParsersAction[_Parser], name: Command) -> _Pa
     if name == "publish":
         _add_flags(parser, "signing", PUBLISH_FLAGS)
     output = _add_flags(parser, "output", _OUTPUT_FLAGS)
-    output.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction,
-        help="terminal progress bar (default on when stderr is a tty) [env FETCH_PROGRESS]",
-    )  # fmt: skip
+    if name in ("fetch", "sidecar"):  # verify, status and publish draw no progress bar
+        output.add_argument(
+            "--progress", action=argparse.BooleanOptionalAction,
+            help="terminal progress bar (default on when stderr is a tty) [env FETCH_PROGRESS]",
+        )  # fmt: skip
     return parser
 
 
@@ -184,6 +198,7 @@ def build_parser() -> tuple[_Parser, dict[Command, _Parser]]:
         description="Fill a model cache directory from MinIO/S3, verified, then hand off.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    top.add_argument("--version", action="store_true", help="print the version and exit")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     return top, {name: _add_command(sub, name) for name in COMMANDS}
 
@@ -199,10 +214,15 @@ def parse_command_line(argv: Sequence[str]) -> tuple[Command, argparse.Namespace
     if args and args[0] in ("-h", "--help"):
         top.print_help()
         raise SystemExit(0)
+    if args and args[0] == "--version":
+        print(f"model-fetcher {__version__}")
+        raise SystemExit(0)
     command: Command = "fetch"  # KServe passes "SRC_URI DEST" with no command
     if args and args[0] in parsers:
         first = args.pop(0)
         command = next(name for name in COMMANDS if name == first)
+    elif args and (typo := _unknown_command(args[0])):
+        raise ConfigError([typo])
     namespace = parsers[command].parse_intermixed_args(args)
     namespace.serve_cmd = tuple(serve or ())
     if serve is not None and command != "fetch":
@@ -210,3 +230,21 @@ def parse_command_line(argv: Sequence[str]) -> tuple[Command, argparse.Namespace
     elif serve == []:
         problems.append("--: expected a serving command after '--'")
     return command, namespace, problems
+
+
+# What may stand first without a command: a source URI (KServe's "SRC_URI DEST"). Registry
+# schemes resolve to s3:// later; a path (with a "/") is DEST.
+URI_SCHEMES = ("s3://", "minio://", "models:/", "model-registry://")
+
+
+def _unknown_command(word: str) -> str | None:
+    """A bare word first is a mistyped command, not a DEST: `verfy` once downloaded the whole
+    model into ./verfy and exited 0 (issue 13)."""
+    if word.startswith("-") or "/" in word or word.lower().startswith(URI_SCHEMES):
+        return None
+    close = ["--help"] if word.lower() == "help" else get_close_matches(word, COMMANDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (
+        f"unknown command {word!r}{hint}: expected one of {', '.join(COMMANDS)}, "
+        "or a source URI such as s3://BUCKET/PREFIX/"
+    )

@@ -26,7 +26,7 @@ from fetcher.errors import (
     InternalError,
     Stopped,
 )
-from fetcher.handoff import exec_serve
+from fetcher.handoff import check_serve, exec_serve
 from fetcher.observe import log
 
 T = TypeVar("T")
@@ -68,6 +68,8 @@ def _dispatch(cfg: Config) -> int:
         from fetcher.commands.sidecar import sidecar
 
         return run_async(lambda: sidecar(cfg))
+    if cfg.serve_cmd:
+        check_serve(cfg.serve_cmd)
     run_async(lambda: fetch_and_report(cfg))
     if cfg.serve_cmd:
         exec_serve(cfg.serve_cmd, os.environ, cfg.trust.keep_credentials)

@@ -21,9 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypedDict, TypeVar
+from urllib.parse import urlsplit
 
 from fetcher.args import USAGE, Command, parse_command_line
 from fetcher.errors import ConfigError
+from fetcher.source.proxy import DIRECT, ProxyRules, parse_no_proxy, parse_proxy
 from fetcher.source.registry.uri import (
     RegistryRef,
     RegistrySettings,
@@ -68,6 +70,7 @@ class Config:
     endpoint: str | None = None  # http(s)://host[:port][/path], no trailing slash, no userinfo
     bucket: str = ""  # "" only for verify/status
     prefix: str = ""  # "" or ends with "/": "v1" must never match "v10/"
+    whole_bucket: bool = False  # FETCH_WHOLE_BUCKET: an empty prefix is meant, not a slip
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -110,6 +113,8 @@ class Config:
     register: str | None = None  # publish --register NAME
     register_alias: str | None = None  # publish --alias ALIAS
     trust: Trust = field(default_factory=Trust)  # signatures, credentials, pickle (issue 12)
+    in_pod: bool = False  # KUBERNETES_SERVICE_HOST is set
+    proxies: ProxyRules = DIRECT  # HTTP(S)_PROXY / NO_PROXY, curl's rules (source/proxy.py)
 
     @property
     def https(self) -> bool:
@@ -237,7 +242,39 @@ def _local_dir(r: _Reader, text: str | None) -> Path | None:
 def _endpoint(r: _Reader) -> str | None:
     scheme = "https" if r.get("S3_USE_HTTPS", None, parse_bool, True) else "http"
     names = ("MINIO_ENDPOINT", "AWS_ENDPOINT_URL", "S3_ENDPOINT")
-    return r.get(names, "--endpoint", lambda text: http_url(text, scheme), None)
+    return r.get(names, "--endpoint", lambda text: _no_path(http_url(text, scheme)), None)
+
+
+def _no_path(url: str) -> str:
+    # SigV4 signs the path as the server sees it: S3 cannot sit under one (issue 13).
+    if urlsplit(url).path:
+        raise ValueError(
+            "expected an endpoint without a path (S3 cannot be served under one; "
+            "the bucket goes in MINIO_BUCKET or s3://BUCKET/PREFIX/)"
+        )
+    return url
+
+
+def _whole_bucket(r: _Reader, command: Command, bucket: str, prefix: str, src: str | None) -> bool:
+    """An unset or "/" prefix lists every model in the bucket, and a fetch would download them
+    all into one directory (issue 13): only with FETCH_WHOLE_BUCKET=true."""
+    whole = r.get("FETCH_WHOLE_BUCKET", None, parse_bool, False)
+    if command in ("fetch", "sidecar") and bucket and not prefix and not whole:
+        r.problems.append(
+            f"{'SRC_URI' if src else 'MODEL_PREFIX'}: empty, which would fetch the whole bucket "
+            "(name the model's prefix, such as model/version/, or set FETCH_WHOLE_BUCKET=true)"
+        )
+    return whole
+
+
+def _proxies(r: _Reader) -> ProxyRules:
+    """Lower case first, as curl reads them; upper case too, as OpenShift injects them."""
+    fallback = ("all_proxy", "ALL_PROXY")
+    http = r.get(("http_proxy", "HTTP_PROXY", *fallback), None, parse_proxy, None)
+    https = r.get(("https_proxy", "HTTPS_PROXY", *fallback), None, parse_proxy, None)
+    none: tuple[str, ...] = ()
+    no_proxy = r.get(("no_proxy", "NO_PROXY"), None, parse_no_proxy, none)
+    return ProxyRules(http, https, no_proxy)
 
 
 _KEY_PAIRS = (
@@ -358,7 +395,7 @@ def _settings(r: _Reader, command: Command, stderr_isatty: bool) -> _Settings:
         metrics_textfile=r.get("METRICS_TEXTFILE", None, absolute, None),
         log_format=r.get("LOG_FORMAT", "--log-format", choice(LOG_FORMATS), _tty(stderr_isatty)),
         log_level=r.get("LOG_LEVEL", "--log-level", choice(LOG_LEVELS, _ALIASES), "info"),
-        progress=progress if r.ns.progress is None else r.ns.progress,
+        progress=progress if getattr(r.ns, "progress", None) is None else r.ns.progress,
         progress_interval=r.get("FETCH_PROGRESS_INTERVAL", None, seconds, 5.0),
         watch_interval=r.get("FETCH_WATCH_INTERVAL", None, seconds, None),
         lease_ttl=r.get("FETCH_LEASE_TTL", None, seconds, 30.0),
@@ -419,6 +456,7 @@ def load(
         endpoint=endpoint,
         bucket=bucket,
         prefix=prefix,
+        whole_bucket=_whole_bucket(r, command, bucket, prefix, src),
         dest=dest,
         access_key=access_key,
         secret_key=secret_key,
@@ -434,6 +472,8 @@ def load(
         register=getattr(ns, "register", None),
         register_alias=getattr(ns, "alias", None),
         trust=read_trust(r.find, r.problems),
+        proxies=_proxies(r),
+        in_pod=r.find("KUBERNETES_SERVICE_HOST") is not None,
         **_settings(r, command, stderr_isatty),
     )
     if r.problems:

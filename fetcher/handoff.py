@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
@@ -28,6 +29,14 @@ CREDENTIALS = (
 _SECRET_FLAG = re.compile(
     r"--?([\w-]*api[-_]?key|[\w-]*token|[\w-]*(password|passwd|secret)[\w-]*)", re.I
 )
+
+
+def check_serve(cmd: Sequence[str]) -> None:
+    """Before any download: a typo in the serving command is found in a second, not after
+    100 GB have arrived (issue 13). exec may still fail later (a bad interpreter line)."""
+    if shutil.which(cmd[0]) is None:
+        where = "is not an executable file" if "/" in cmd[0] else "is not found on PATH"
+        raise HandoffFailed(f"serving command {cmd[0]!r} {where}; nothing was downloaded")
 
 
 def serving_env(env: Mapping[str, str], keep_credentials: bool) -> dict[str, str]:

@@ -13,6 +13,9 @@ from functools import cache
 
 from fetcher.errors import TLSFailure
 
+# OpenSSL's reasons when the peer answers a ClientHello in plain HTTP.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
+
 
 def tls_failure(exc: ssl.SSLError, where: str) -> TLSFailure:
     """One message for a TLS failure, whichever client met it, saying how to fix it."""
@@ -20,6 +23,11 @@ def tls_failure(exc: ssl.SSLError, where: str) -> TLSFailure:
         return TLSFailure(
             f"TLS certificate of {where} not trusted: {exc.verify_message} "
             "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
+        )
+    if exc.reason in _NOT_TLS:
+        return TLSFailure(
+            f"{where} answered without TLS: use http:// in the endpoint URL "
+            "(a host:port without a scheme means https unless S3_USE_HTTPS=0)"
         )
     return TLSFailure(f"TLS error with {where}: {exc.reason}")
 

@@ -13,7 +13,7 @@ import pytest
 
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
 from tests.faults.proxy import FaultProxy
-from tests.helpers import BUCKET, Result, pod_env, run_fetcher
+from tests.helpers import BUCKET, TLS_FILES, TLS_PREFIX, Result, make_certs, pod_env, run_fetcher
 
 _SCRUB = (
     "AWS_",
@@ -88,3 +88,20 @@ def fetch(s3_server: SeaweedServer, prefix: str, dest: Path) -> Callable[..., Re
         return run_fetcher(list(args), {**pod_env(s3_server, prefix, dest, endpoint), **env})
 
     return run
+
+
+# Issue 13's TLS tests (endpoints, forward proxy): a TLS SeaweedFS of their own, per module.
+@pytest.fixture(scope="module")
+def tls_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedServer, Path]]:
+    """A SeaweedFS with an https S3 port (a throwaway CA) holding TLS_FILES; (server, CA)."""
+    ca, cert, key = make_certs(tmp_path_factory.mktemp("certs"))
+    server = start_temporary(tls=(cert, key))
+    try:
+        client: Any = boto3_client(server)
+        client.create_bucket(Bucket=BUCKET)
+        for rel, data in TLS_FILES.items():
+            client.put_object(Bucket=BUCKET, Key=TLS_PREFIX + rel, Body=data)
+        yield server, ca
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)

@@ -66,6 +66,7 @@ def run_fetcher(
     env: Mapping[str, str],
     timeout: float = 120,
     rlimit: tuple[int, int] | None = None,
+    cwd: Path | None = None,
 ) -> Result:
     """`python -m fetcher ARGS`; `rlimit` is (resource.RLIMIT_..., limit) for the child only."""
     full_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
@@ -81,6 +82,7 @@ def run_fetcher(
         text=True,
         timeout=timeout,
         preexec_fn=limit if rlimit else None,
+        cwd=cwd,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -215,3 +217,24 @@ def make_key(where: Path, name: str = "signer") -> tuple[Path, Path]:
         )
     )
     return private, public
+
+
+def chain_env(server: SeaweedServer, tmp_path: Path) -> dict[str, str]:
+    """No keys in the environment: the aiobotocore control plane, signing from a shared
+    credentials file (in a pod: IRSA / web identity)."""
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        f"[default]\naws_access_key_id = {server.access_key}\n"
+        f"aws_secret_access_key = {server.secret_key}\n"
+    )
+    return {
+        "MINIO_ACCESS_KEY": "",
+        "MINIO_SECRET_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+    }
+
+
+# What the `tls_seaweed` fixture holds.
+TLS_PREFIX = "secure/v1/"
+TLS_FILES = {"config.json": b"{}", "w.bin": b"w" * 300_000}

@@ -12,17 +12,27 @@ from fetcher.errors import UnsafeKey
 
 def safe_rel(rel: str) -> str:
     """Refuse a key that could land outside DEST or inside the fetcher's own directory."""
-    if why := _unsafe(rel):
+    if why := unsafe_reason(rel):
         raise UnsafeKey(f"refusing unsafe object key {rel!r}: {why}")
     return rel
 
 
-def _unsafe(rel: str) -> str | None:
+def unsafe_reason(rel: str) -> str | None:
+    """What is wrong with `rel` as a path under DEST, or None."""
     if any(ord(c) < 32 for c in rel):
         return "it contains a control character"
     parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+    if not rel:
+        return "it names the prefix itself, not a file under it"
+    if rel.startswith("/"):
+        return "it is an absolute path"
+    if ".." in parts:
         return "it would escape the cache directory"
+    if "" in parts or "." in parts:
+        # S3 keeps "a//b" and "a/./b" apart from "a/b"; a file system cannot.
+        return "it has an empty or '.' path component, which no file name can keep"
+    if "\\" in rel:
+        return "it contains a backslash, which loaders and tools read as a path separator"
     if parts[0] == META_DIR:
         return f"it would land in the fetcher's own {META_DIR}/ directory"
     return None
@@ -31,11 +41,17 @@ def _unsafe(rel: str) -> str | None:
 def file_folder_clash(rels: list[str]) -> tuple[str, str] | None:
     """The first pair (`a`, `a/b`) that would make one name both a file and a folder: S3 may
     hold both, a directory tree cannot. The plan and the manifest both ask here."""
-    names = set(rels)
+    clashes = file_folder_clashes(rels)
+    return clashes[0] if clashes else None
+
+
+def file_folder_clashes(rels: list[str]) -> list[tuple[str, str]]:
+    """Every such pair, in order: the plan names them all in one message (issue 13)."""
+    names, found = set(rels), []
     for rel in rels:
         parts = rel.split("/")
         for depth in range(1, len(parts)):
             folder = "/".join(parts[:depth])
             if folder in names:
-                return folder, rel
-    return None
+                found.append((folder, rel))
+    return found

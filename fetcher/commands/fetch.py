@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fnmatch
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from fetcher.cache.keys import file_folder_clash, safe_rel
+from fetcher import __version__
 from fetcher.cache.lease import CacheLease
+from fetcher.cache.readonly import incomplete_read_only, is_read_only
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
+from fetcher.cache.volume import warn_if_not_a_volume
+from fetcher.commands.adopt import adopt
 from fetcher.commands.expected import (
     add_s3_checksums,
     check_promised,
@@ -26,6 +28,14 @@ from fetcher.commands.expected import (
     manifest_jobs,
 )
 from fetcher.commands.pickles import refuse_pickles, warn_pickles
+from fetcher.commands.selection import (
+    check_filtered_shards,
+    check_prefix_level,
+    check_selected,
+    refuse_bad_keys,
+    selected,
+    wanted,
+)
 from fetcher.commands.served import info_labels, source_record
 from fetcher.commands.signed import (
     SIGNATURE_SOURCE,
@@ -36,11 +46,11 @@ from fetcher.commands.signed import (
     verify_signature,
 )
 from fetcher.config import Config
-from fetcher.errors import CacheError, FetchError, SourceUnreachable, UnsafeKey
+from fetcher.errors import CacheError, FetchError, SourceUnreachable
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics
 from fetcher.observe.progress import Progress
-from fetcher.source.base import ControlPlane, RemoteObject
+from fetcher.source.base import ControlPlane, RemoteObject, list_model
 from fetcher.source.factory import open_source
 from fetcher.source.registry.resolve import Resolved, resolve
 from fetcher.transfer.engine import Transfer
@@ -49,8 +59,7 @@ from fetcher.verify.checks import check_model
 from fetcher.verify.formats import skipped_note
 from fetcher.verify.gguf import check_split_names
 from fetcher.verify.hashes import file_digest
-from fetcher.verify.manifest import MANIFEST_NAME, Manifest
-from fetcher.verify.oms import PARTS_SIGNATURE_NAME
+from fetcher.verify.manifest import Manifest
 
 
 @dataclass
@@ -73,36 +82,9 @@ class Outcome:
     state: State
     plan: Plan
     served_offline: bool = False
+    served_as_is: bool = False  # a read-only cache: nothing listed, nothing written
     resumed_bytes: int = 0  # of plan.fetch_bytes, already on disk from an interrupted run
     cfg: Config | None = None  # with a registry URI: the config at the resolved location
-
-
-def wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    """The include / exclude globs, matched on the path under DEST or on its file name."""
-
-    def hit(patterns: tuple[str, ...]) -> bool:
-        name = rel.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-    own = (MANIFEST_NAME, PARTS_SIGNATURE_NAME)  # ours: stay in the bucket (and .fetcher/)
-    return rel not in own and (not include or hit(include)) and not hit(exclude)
-
-
-def _refuse_file_folder_clash(rels: list[str]) -> None:
-    """Refused before any download, not after the first of the two has landed (which left a
-    partial model, exit 5)."""
-    if clash := file_folder_clash(rels):
-        folder, rel = clash
-        raise UnsafeKey(
-            f"refusing {folder!r} and {rel!r}: the first would have to be both a file "
-            "and a folder (exclude one with FETCH_EXCLUDE)"
-        )
-
-
-def selected(
-    objs: list[RemoteObject], include: tuple[str, ...], exclude: tuple[str, ...]
-) -> list[RemoteObject]:
-    return [o for o in objs if wanted(o.rel, include, exclude)]
 
 
 def is_complete(state: State, cache: Cache, cfg: Config) -> bool:
@@ -192,10 +174,15 @@ class Fetch:
         self.resolved: Resolved | None = None
         self.source: dict[str, str] = {}  # the state's record of what is served (served.py)
         self.verified: Verified | None = None
+        self.filtered: set[str] = set()  # listed, left out by the include / exclude filters
 
     async def run(self) -> Outcome:
         if note := skipped_note(self.cfg.skip_format_checks):
             log.warning("format_checks_skipped", note)
+        if is_read_only(self.cfg.dest):
+            return await self._read_only()
+        if self.cfg.in_pod:
+            warn_if_not_a_volume(self.cfg.dest)
         self.cache.prepare()
         async with CacheLease(self.cache, self.cfg.identity, self.cfg.lease_ttl):
             state = self.cache.load_state()
@@ -207,7 +194,7 @@ class Fetch:
                     return await self._offline(state, exc)
             async with open_source(self.cfg) as src:
                 try:
-                    listing = await src.list_prefix(self.cfg.prefix)
+                    listing = await list_model(src, self.cfg.prefix)
                 except SourceUnreachable as exc:
                     return await self._offline(state, exc)
                 jobs = await self._jobs(src, listing)
@@ -216,6 +203,7 @@ class Fetch:
                     await add_s3_checksums(src, plan.fetch)
                 self.source = source_record(self.cfg, self.resolved, self.manifest_sha256, jobs)
                 self.source |= self._signature_record()
+                await self._adopt(plan, state)
                 try:
                     await self._apply(src, plan, state)
                 except FetchError as exc:
@@ -239,6 +227,14 @@ class Fetch:
             manifest_version=self.resolved.manifest_version,
         )
 
+    async def _adopt(self, plan: Plan, state: State) -> None:
+        """Present files the state does not vouch for, proved by their bytes, are kept."""
+        found = await adopt(plan.fetch, self.cache, set(state.files))
+        for job in [j for j in plan.fetch if j.obj.rel in found]:
+            plan.fetch.remove(job)
+            plan.keep.append(job.obj)
+            state.files[job.obj.rel] = found[job.obj.rel]
+
     def _record_failure(self, state: State, exc: FetchError) -> None:
         """Leave the reason in the state, so `verify` and `status` can say it later."""
         state.complete = False
@@ -247,10 +243,12 @@ class Fetch:
             self.cache.save_state(state)
 
     async def _jobs(self, src: ControlPlane, listing: list[RemoteObject]) -> list[Job]:
+        check_prefix_level(listing, self.cfg)
         objs = selected(listing, self.cfg.include, self.cfg.exclude)
-        for obj in objs:  # only what will be written: FETCH_EXCLUDE can skip a bad key
-            safe_rel(obj.rel)
-        _refuse_file_folder_clash([obj.rel for obj in objs])
+        check_selected(listing, objs, self.cfg)
+        self.filtered = {o.rel for o in listing} - {o.rel for o in objs}
+        # Only what will be written: FETCH_EXCLUDE can skip a bad key.
+        refuse_bad_keys([obj.rel for obj in objs], self.cfg.dest)
         if "gguf" not in self.cfg.skip_format_checks:
             check_split_names(obj.rel for obj in objs)  # a split missing from the bucket
         # The signature first: a refusal must come before any model byte is requested.
@@ -344,6 +342,25 @@ class Fetch:
             served = dataclasses.replace(self.cfg, bucket=bucket, prefix=prefix)
         return Outcome(state, Plan(), served_offline=True, cfg=served)
 
+    async def _read_only(self) -> Outcome:
+        """Checked and served without a write; the bucket is not asked (nothing could change)."""
+        state = self.cache.load_state()
+        if not is_complete(state, self.cache, self.cfg):
+            raise incomplete_read_only(self.cfg.dest)
+        full = self.cfg.verify_mode == "full"
+        if full and (bad := await _mismatched(state, self.cache, sorted(state.files))):
+            raise CacheError(f"{bad[0]} in the read-only cache no longer matches its digest")
+        skip = self.cfg.skip_format_checks
+        await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files), skip)
+        log.warning(
+            "cache_read_only",
+            f"{self.cfg.dest} is read-only: serving its complete model ({len(state.files)} "
+            "files) as it is, without asking the bucket for changes",
+        )
+        cached = sum(fs.size for fs in state.files.values())
+        self._record_sizes(expected=cached, cached=cached, cached_files=len(state.files))
+        return Outcome(state, Plan(), served_as_is=True, cfg=self.cfg)
+
     async def _apply(self, src: ControlPlane, plan: Plan, state: State) -> None:
         changed = bool(plan.fetch or plan.remove) or not state.complete
         if changed or state.source != self.source:
@@ -373,8 +390,9 @@ class Fetch:
             transfer = Transfer(self.cfg, src, self.cache, self.metrics, progress)
             await transfer.run(plan.fetch, state)
         self.resumed_bytes = progress.resumed_bytes
-        skip = self.cfg.skip_format_checks
-        await asyncio.to_thread(check_model, self.cfg.dest, sorted(state.files), skip)
+        skip, files = self.cfg.skip_format_checks, sorted(state.files)
+        await asyncio.to_thread(check_filtered_shards, self.cfg.dest, files, self.filtered)
+        await asyncio.to_thread(check_model, self.cfg.dest, files, skip)
         state.complete = True
         state.last_fetch = {
             "finished": time.time(),
@@ -415,6 +433,7 @@ class Fetch:
             f"fetching {len(plan.fetch)} files ({_gib(plan.fetch_bytes)}), "
             f"{len(plan.keep)} cached ({_gib(plan.keep_bytes)})",
             chain=self.source.get("chain"),
+            version=__version__,
             endpoint=self.cfg.endpoint,
             bucket=self.cfg.bucket,
             prefix=self.cfg.prefix,
@@ -437,8 +456,10 @@ def summary(outcome: Outcome, started: float) -> None:
     took = time.monotonic() - started
     fetched = outcome.plan.fetch_bytes - outcome.resumed_bytes  # downloaded by this run
     # Offline there was no plan: every recorded file is kept as it is.
-    kept = len(outcome.state.files) if outcome.served_offline else len(outcome.plan.keep)
+    as_is = outcome.served_offline or outcome.served_as_is
+    kept = len(outcome.state.files) if as_is else len(outcome.plan.keep)
     how = " (source unreachable: the cache as it was)" if outcome.served_offline else ""
+    how = " (read-only cache: as it was)" if outcome.served_as_is else how
     log.event(
         "done",
         f"model ready in {took:.1f}s: {len(outcome.plan.fetch)} fetched, "

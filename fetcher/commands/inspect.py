@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fetcher import __version__
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
 from fetcher.config import Config
@@ -126,6 +127,7 @@ def status(cache: Cache) -> dict[str, Any]:
     }
     complete = cache.holds_complete(state)
     return {
+        "fetcher_version": __version__,
         "dest": str(cache.dest),
         "source": state.source,
         "signature": _signature(state),

@@ -21,6 +21,7 @@ from fetcher.cache.keys import safe_rel
 from fetcher.cache.layout import META_DIR
 from fetcher.cache.oserrors import cache_error
 from fetcher.commands.register import register_published
+from fetcher.commands.selection import wanted
 from fetcher.commands.signing import IGNORED, Sums, file_sums, refuse_colons, sign_model
 from fetcher.config import Config
 from fetcher.errors import CacheError, ConfigError, FetchError
@@ -46,8 +47,10 @@ class LocalFile:
     size: int
 
 
-def local_files(root: Path) -> list[LocalFile]:
-    """Files under root, in a stable order; our own state is skipped.
+def local_files(
+    root: Path, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+) -> list[LocalFile]:
+    """Files under root that the filters select, in a stable order; our own state is skipped.
 
     Links to files are followed: a Hugging Face download may hold its large shards as links
     into its cache, and skipping them would publish a model without its weights. Every file is
@@ -56,7 +59,7 @@ def local_files(root: Path) -> list[LocalFile]:
     found = []
     for path in sorted(_walk(root, root)):
         rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST_NAME:
+        if not wanted(rel, include, exclude):
             continue
         with reading("read", path):
             entry = _local_file(path, rel)
@@ -87,9 +90,22 @@ def _walk(root: Path, folder: Path) -> Iterator[Path]:
     for path, is_dir in entries:
         if folder == root and path.name == META_DIR:
             continue
+        if is_dir and (skip := _not_the_model(root, path)):
+            log.event("publish_skipped", f"skipping {path.relative_to(root)}/: {skip}")
+            continue
         yield path
         if is_dir:
             yield from _walk(root, path)
+
+
+def _not_the_model(root: Path, folder: Path) -> str | None:
+    """Folders a `git clone` or a Hugging Face download leaves beside the model: .git holds a
+    second copy of every LFS weight, .cache/huggingface the download's own bookkeeping."""
+    if folder.name == ".git":
+        return "git's own data (a second copy of every LFS file)"
+    if folder.relative_to(root).as_posix() == ".cache/huggingface":
+        return "the Hugging Face download cache"
+    return None
 
 
 @contextmanager
@@ -112,7 +128,7 @@ def upload_part_size(size: int, part_size: int) -> int:
 async def publish(cfg: Config) -> int:
     assert cfg.local_dir is not None
     started = time.monotonic()
-    files = local_files(cfg.local_dir)
+    files = local_files(cfg.local_dir, cfg.include, cfg.exclude)
     key = _signing_key(cfg)
     if key is not None:
         # Signatures are made anew from these bytes: an old one in LOCAL_DIR is not a file.
@@ -138,7 +154,8 @@ async def publish(cfg: Config) -> int:
     took = time.monotonic() - started
     log.event(
         "published",
-        f"published {len(files)} files to s3://{cfg.bucket}/{cfg.prefix}",
+        f"published {len(files)} file{'' if len(files) == 1 else 's'} "
+        f"to s3://{cfg.bucket}/{cfg.prefix}",
         files=len(files),
         uploaded=up.uploaded,
         skipped=up.skipped,

@@ -16,13 +16,14 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from fetcher.cache.store import Cache
-from fetcher.commands.fetch import selected
 from fetcher.commands.run import measured_fetch, push_metrics
+from fetcher.commands.selection import selected
 from fetcher.commands.served import metric_location
 from fetcher.config import Config
 from fetcher.errors import FetchError, ObjectNotFound
 from fetcher.observe import log
 from fetcher.observe.metrics import Metrics, MetricsServer
+from fetcher.source.base import list_model
 from fetcher.source.factory import open_source
 from fetcher.source.registry.resolve import resolve
 
@@ -102,7 +103,7 @@ async def remote_drift(cfg: Config) -> int:
     state = Cache(cfg.dest).load_state()
     async with open_source(cfg) as src:
         try:
-            found = await src.list_prefix(cfg.prefix)
+            found = await list_model(src, cfg.prefix)
         except ObjectNotFound:
             found = []  # the model was deleted from the bucket: every cached file is drift
         listing = selected(found, cfg.include, cfg.exclude)

@@ -15,6 +15,7 @@ with -X importtime and cProfile: 0.25 s of imports, 0.08 s of client creation), 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -54,11 +55,22 @@ class ObjectHead:
     version_id: str | None = None  # in a versioned bucket, the version HEAD answered for
 
 
-def full_object_checksums(values: Mapping[str, str], checksum_type: str | None) -> dict[str, str]:
+_MULTIPART_ETAG = re.compile(r"-\d+$")
+
+
+def full_object_checksums(
+    values: Mapping[str, str], checksum_type: str | None, etag: str = ""
+) -> dict[str, str]:
     """The checksums that are of the bytes themselves: a composite multipart checksum (type
-    COMPOSITE) is a checksum of part checksums and cannot be compared with a download."""
-    if (checksum_type or "FULL_OBJECT") != "FULL_OBJECT":
-        return {}
+    COMPOSITE) is a checksum of part checksums and cannot be compared with a download.
+
+    A missing type is not FULL_OBJECT: moto and older servers answer a multipart upload's
+    checksum of part checksums without its "-N" and without a type, and taking it for the
+    bytes' CRC refused valid models (issue 13). A multipart ETag decides then.
+    """
+    multipart = bool(_MULTIPART_ETAG.search(etag.strip('"')))
+    if checksum_type != "FULL_OBJECT" and (checksum_type is not None or multipart):
+        return {}  # cannot be recomputed from the bytes: the file is source_unverified
     return {name: value for name, value in values.items() if value}
 
 
@@ -96,3 +108,19 @@ class ControlPlane(Protocol):
     async def presign_get(
         self, key: str, expires: int = 3600, version_id: str | None = None
     ) -> str: ...
+
+
+async def list_model(src: ControlPlane, prefix: str) -> list[RemoteObject]:
+    """The objects under `prefix`, or the one object named by it without its slash.
+
+    KServe accepts a storageUri that names one file (s3://llm-models/gguf/llama.Q4_K_M.gguf);
+    it lands as DEST/<its name>. A folder wins over an object of the same name.
+    """
+    try:
+        return await src.list_prefix(prefix)
+    except ObjectNotFound:
+        key = prefix.removesuffix("/")
+        found = await src.head(key) if key else None
+        if found is None:
+            raise
+        return [RemoteObject(key, key.rpartition("/")[2], found.size, found.etag)]

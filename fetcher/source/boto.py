@@ -11,6 +11,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiobotocore.session import get_session
 from botocore import UNSIGNED
@@ -43,7 +44,7 @@ from fetcher.source.base import (
     listed_object,
     nonempty,
 )
-from fetcher.source.s3errors import map_s3_error
+from fetcher.source.s3errors import map_s3_error, not_s3
 
 
 def map_client_error(exc: ClientError, what: str) -> FetchError:
@@ -87,7 +88,15 @@ def boto_config(cfg: Config) -> BotoConfig:
         retries={"mode": "standard", "total_max_attempts": 3},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        proxies=_proxies(cfg),
     )
+
+
+def _proxies(cfg: Config) -> dict[str, str]:
+    """Never None: botocore would read the variables itself, with urllib's NO_PROXY rules."""
+    endpoint = cfg.endpoint or f"https://s3.{cfg.region}.amazonaws.com"
+    proxy = cfg.proxies.for_url(endpoint)
+    return {} if proxy is None else {urlsplit(endpoint).scheme: proxy.to_url()}
 
 
 def tls_verify_setting(cfg: Config) -> bool | str:
@@ -109,6 +118,15 @@ def client_kwargs(cfg: Config) -> dict[str, Any]:
     return kwargs
 
 
+def _answers_like_s3(response_dict: Mapping[str, Any], **_: Any) -> None:
+    """A web page (MinIO's console) answering a LIST is no S3. botocore takes the 200 for an
+    error embedded in the body and has turned it into a 500 before this handler runs, so a
+    500 HTML page counts too: S3 itself never answers a LIST in HTML."""
+    kind = str(response_dict.get("headers", {}).get("content-type", ""))
+    if response_dict.get("status_code") in (200, 500) and "html" in kind:
+        raise not_s3(kind)
+
+
 class Source:
     """An open S3 client for one bucket; use as `async with Source(cfg) as src`."""
 
@@ -123,6 +141,9 @@ class Source:
         try:
             creator = session.create_client("s3", **client_kwargs(self.cfg))
             self._client = await self._stack.enter_async_context(creator)
+            self._client.meta.events.register_first(
+                "before-parse.s3.ListObjectsV2", _answers_like_s3
+            )
         except (BotoCoreError, ValueError) as exc:
             raise ConfigError(f"S3 client: {_short(exc)}") from exc
         return self
@@ -198,7 +219,9 @@ class Source:
             size=int(resp.get("ContentLength", 0)),
             etag=str(resp.get("ETag", "")),
             metadata={str(k).lower(): str(v) for k, v in resp.get("Metadata", {}).items()},
-            checksums=full_object_checksums(found, None if kind is None else str(kind)),
+            checksums=full_object_checksums(
+                found, None if kind is None else str(kind), str(resp.get("ETag", ""))
+            ),
             version_id=str(resp["VersionId"]) if resp.get("VersionId") else None,
         )
 

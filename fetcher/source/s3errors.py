@@ -52,8 +52,22 @@ def map_s3_error(status: int, code: str, message: str, what: str) -> FetchError:
     return SourceError(f"{what}: {label} {message}".strip())
 
 
+# What Go's net/http (MinIO, SeaweedFS) and nginx answer to plain HTTP on a TLS port.
+_PLAIN_TO_TLS = (b"HTTP request to an HTTPS server", b"plain HTTP request was sent to HTTPS")
+
+
+def not_s3(content_type: str) -> SourceError:
+    """A 200 that is not S3's XML: a web console (MinIO's on 9001) or another web server."""
+    return SourceError(
+        f"the endpoint did not answer like S3 (Content-Type {content_type or 'none'}): "
+        "is this the API port (9000), not the console (9001)?"
+    )
+
+
 def s3_error_from_body(status: int, body: bytes, what: str) -> FetchError:
     """`map_s3_error` for a raw error response: its XML body's Code and Message, if any."""
+    if status == 400 and any(text in body for text in _PLAIN_TO_TLS):
+        return SourceError(f"{what}: the endpoint speaks TLS: use https:// in the endpoint URL")
     code = _XML_CODE.search(body)
     message = _XML_MESSAGE.search(body)
     return map_s3_error(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from urllib.parse import quote, unquote_plus, urlencode
+from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 from xml.etree import ElementTree
 
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
@@ -39,7 +39,7 @@ from fetcher.source.base import (
     listed_object,
     nonempty,
 )
-from fetcher.source.s3errors import s3_error_from_body
+from fetcher.source.s3errors import not_s3, s3_error_from_body
 from fetcher.tasks import in_daemon_thread
 from fetcher.tls import tls_failure
 
@@ -67,10 +67,14 @@ class SignedSource:
             else _Credentials(str(cfg.access_key), str(cfg.secret_key), cfg.session_token)
         )
         self.ssl = cfg.ssl_context()
+        # An empty ProxyHandler: urllib would otherwise read the proxy variables itself, with
+        # Python's NO_PROXY rules; the route is decided once, by proxy.py's (curl's).
+        self.proxy = cfg.proxies.for_url(self.endpoint)
         self.opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
             urllib.request.HTTPSHandler(context=self.ssl)
             if self.ssl
-            else urllib.request.HTTPHandler()
+            else urllib.request.HTTPHandler(),
         )
 
     async def __aenter__(self) -> SignedSource:
@@ -83,14 +87,25 @@ class SignedSource:
 
     def _url(self, key: str = "", query: Mapping[str, str] | None = None) -> str:
         path = f"/{self.bucket}" + (f"/{quote(key, safe='/~')}" if key else "")
-        return self.endpoint + path + (f"?{urlencode(query)}" if query else "")
+        # SigV4's canonical query is RFC 3986 (a space is %20), and botocore signs the query
+        # exactly as written here: urlencode's default form encoding ("+") breaks the signature.
+        encoded = urlencode(query, quote_via=quote, safe="~") if query else ""
+        return self.endpoint + path + (f"?{encoded}" if encoded else "")
 
     # -- requests --------------------------------------------------------------------------
     def _signed(self, method: str, url: str, headers: Mapping[str, str]) -> urllib.request.Request:
         req = AWSRequest(method=method, url=url, headers=dict(headers))
         if self.creds is not None:
             S3SigV4Auth(self.creds, "s3", self.cfg.region).add_auth(req)
-        return urllib.request.Request(url, method=method, headers=dict(req.headers.items()))
+        out = urllib.request.Request(url, method=method, headers=dict(req.headers.items()))
+        if self.proxy is not None:
+            # http: absolute form to the proxy; https: a CONNECT tunnel (urllib's set_proxy).
+            out.set_proxy(self.proxy.netloc, "http")
+            # Signed for the endpoint: urllib would name the proxy in a tunnelled Host.
+            out.add_unredirected_header("Host", urlsplit(url).netloc)
+            if self.proxy.authorization:
+                out.add_header("Proxy-Authorization", self.proxy.authorization)
+        return out
 
     def _send(
         self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None
@@ -141,9 +156,12 @@ class SignedSource:
             query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
             if token:
                 query["continuation-token"] = token
-            _, body = await self._call(
+            headers, body = await self._call(
                 "GET", self._url(query=query), f"list s3://{self.bucket}/{prefix}"
             )
+            kind = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+            if kind and "xml" not in kind:
+                raise not_s3(kind)  # read as XML, an HTML page was an empty listing
             page, token = _parse_listing(body, prefix)
             found += page
             if not token:
@@ -170,7 +188,9 @@ class SignedSource:
             size=int(lower.get("content-length", "0")),
             etag=lower.get("etag", ""),
             metadata=_user_metadata(lower),
-            checksums=full_object_checksums(found, lower.get("x-amz-checksum-type")),
+            checksums=full_object_checksums(
+                found, lower.get("x-amz-checksum-type"), lower.get("etag", "")
+            ),
             version_id=lower.get("x-amz-version-id") or None,
         )
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fetcher.errors import RangeMismatch, TransientSourceError
+from fetcher.source.proxy import Proxy
 
 MAX_HEAD = 64 << 10
 MAX_ERROR_BODY = 64 << 10
@@ -32,10 +33,14 @@ class RangeRequest:
         return self.end - self.start + 1
 
 
-def request_bytes(req: RangeRequest) -> bytes:
+def request_bytes(req: RangeRequest, via: Proxy | None = None) -> bytes:
     parts = urlsplit(req.url)
     target = parts.path + ("?" + parts.query if parts.query else "")
+    if via is not None:  # plain http through a proxy: the absolute form, as curl sends it
+        target = f"{parts.scheme}://{parts.netloc}{target}"
     lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", f"If-Match: {req.etag}"]
+    if via is not None and via.authorization:
+        lines.append(f"Proxy-Authorization: {via.authorization}")
     if req.size:
         lines.append(f"Range: bytes={req.start}-{req.end}")
     lines += ["User-Agent: model-fetcher", "Accept-Encoding: identity", "", ""]
@@ -57,6 +62,13 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 def check_range(req: RangeRequest, status: int, headers: dict[str, str]) -> None:
     """The answer must be exactly the bytes asked for, of the object version pinned."""
+    whole = req.start == 0 and (not req.size or req.end == req.size - 1)
+    if status == 200 and not whole:
+        # Before the length: "Content-Length 25165912, expected 8388608" hid the cause.
+        raise RangeMismatch(
+            f"{req.key}: the server did not honour Range requests (200 with the whole object "
+            "instead of 206): is a proxy or gateway in front of S3 stripping Range?"
+        )
     length = headers.get("content-length")
     if length is None or not length.isdigit():
         raise RangeMismatch(f"{req.key}: response without Content-Length")
@@ -64,8 +76,6 @@ def check_range(req: RangeRequest, status: int, headers: dict[str, str]) -> None
     if int(length) != want_len:
         raise RangeMismatch(f"{req.key}: Content-Length {length}, expected {want_len}")
     if status == 200:
-        if req.start != 0 or (req.size and req.end != req.size - 1):
-            raise RangeMismatch(f"{req.key}: server ignored the Range header")
         return
     match = _CONTENT_RANGE.fullmatch(headers.get("content-range", ""))
     if not match or tuple(map(int, match.groups())) != (req.start, req.end, req.size):

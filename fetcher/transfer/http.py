@@ -26,6 +26,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 from fetcher.errors import FetchError, RangeMismatch, TransientSourceError
+from fetcher.source.proxy import DIRECT, Proxy, ProxyRules
 from fetcher.source.s3errors import s3_error_from_body
 from fetcher.tls import tls_context, tls_failure
 from fetcher.transfer.buffers import BUF_SIZE, DoubleBuffer
@@ -38,6 +39,7 @@ from fetcher.transfer.framing import (
     parse_head,
     request_bytes,
 )
+from fetcher.transfer.tunnel import connect_tunnel
 
 
 class ConnState(enum.Enum):
@@ -67,6 +69,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.paused = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.via: Proxy | None = None  # the forward proxy of plain-http requests, if any
         self._reset()
 
     @property
@@ -132,7 +135,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.last_read = self.loop.time()
         self._timer = self.loop.call_later(self.read_timeout, self._check_idle)
         try:
-            self.transport.write(request_bytes(req))
+            self.transport.write(request_bytes(req, self.via))
             await self.waiter
         except asyncio.CancelledError:
             # The caller may close the file, or open another in its place under the same fd
@@ -310,10 +313,11 @@ class RangeGetter:
         connect_timeout: float,
         read_timeout: float,
         ssl_context: ssl.SSLContext | None,
+        proxies: ProxyRules = DIRECT,
     ) -> None:
         self.limit = limit
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        self.ssl_context = ssl_context
+        self.ssl_context, self.proxies = ssl_context, proxies
         self._idle: list[_Conn] = []
         # pwrite and the part hash release the GIL: threads overlap them with socket reads.
         self.writer = ThreadPoolExecutor(max_workers=min(limit, 8), thread_name_prefix="write")
@@ -338,30 +342,52 @@ class RangeGetter:
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         host, port = parts.hostname or "", parts.port or (443 if tls else 80)
+        via = self.proxies.for_url(url)
+        where = f"{host}:{port}" if via is None else f"{host}:{port} through proxy {via.netloc}"
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Conn(loop, self.read_timeout, self.writer),
-                    host,
-                    port,
-                    # Fail closed: an https URL never goes out without a verifying context.
-                    ssl=(self.ssl_context or tls_context(True, None)) if tls else None,
-                    server_hostname=host if tls else None,
-                )
+                conn = await self._open(loop, host, port, tls, via)
         except ssl.SSLError as exc:
             raise tls_failure(exc, f"{host}:{port}") from exc
         except TimeoutError as exc:
             raise TransientSourceError(
-                f"connect to {host}:{port} timed out", reason="connect_timeout"
+                f"connect to {where} timed out", reason="connect_timeout"
             ) from exc
         except (socket.gaierror, OSError) as exc:
             raise TransientSourceError(
-                f"cannot connect to {host}:{port}: {exc.strerror or exc}", reason="connect"
+                f"cannot connect to {where}: {exc.strerror or exc}", reason="connect"
             ) from exc
         sock = conn.transport.get_extra_info("socket") if conn.transport else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    async def _open(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int, tls: bool, via: Proxy | None
+    ) -> _Conn:
+        """Directly; plain http to the proxy (requests in absolute form); or https through a
+        CONNECT tunnel (tunnel.py), TLS end to end with the server."""
+
+        def factory() -> _Conn:
+            return _Conn(loop, self.read_timeout, self.writer)
+
+        # Fail closed: an https URL never goes out without a verifying context.
+        context = (self.ssl_context or tls_context(True, None)) if tls else None
+        if via is None or not tls:
+            _, conn = await loop.create_connection(
+                factory,
+                host if via is None else via.host,
+                port if via is None else via.port,
+                ssl=context,
+                server_hostname=host if tls else None,
+            )
+            conn.via = via
+            return conn
+        sock = await connect_tunnel(loop, via, host, port)
+        _, conn = await loop.create_connection(
+            factory, sock=sock, ssl=context, server_hostname=host
+        )
         return conn
 
     def _release(self, conn: _Conn) -> None:

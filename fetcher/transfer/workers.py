@@ -36,6 +36,7 @@ from fetcher.cache.oserrors import os_errors
 from fetcher.config import Config
 from fetcher.errors import ChecksumMismatch, FetchError, TransientSourceError, WorkerLost
 from fetcher.observe import log
+from fetcher.source.proxy import proxies_from_json, proxies_to_json
 from fetcher.tls import tls_context
 from fetcher.transfer.http import RangeGetter
 from fetcher.transfer.outage import SourceHealth
@@ -77,6 +78,7 @@ class WorkerPool:
             "https": cfg.https,
             "tls_verify": cfg.tls_verify,
             "ca_bundle": cfg.ca_bundle,
+            "proxies": proxies_to_json(cfg.proxies),
             "log_format": cfg.log_format,
             "log_level": cfg.log_level,
             "direct_io": cfg.direct_io,
@@ -270,7 +272,11 @@ async def _serve(settings: dict[str, Any]) -> None:
     # The parent's Config.https decided; the worker only builds the context it was told to.
     ctx = tls_context(settings["tls_verify"], settings["ca_bundle"]) if settings["https"] else None
     getter = RangeGetter(
-        settings["limit"], settings["connect_timeout"], settings["read_timeout"], ctx
+        settings["limit"],
+        settings["connect_timeout"],
+        settings["read_timeout"],
+        ctx,
+        proxies_from_json(settings["proxies"]),
     )
     inflight = asyncio.Semaphore(settings["limit"])
     urls: dict[str, str] = {}

@@ -97,6 +97,13 @@ class RewriteBody:
     fn: Callable[[bytes], bytes]
 
 
+@dataclass(frozen=True)
+class DropHeader:
+    """Forward the request without header `name` (a server or middlebox that ignores Range)."""
+
+    name: str
+
+
 Action = (
     ResetAfter
     | Stall
@@ -107,6 +114,7 @@ Action = (
     | Callback
     | RewriteBody
     | Throttle
+    | DropHeader
 )
 
 
@@ -349,6 +357,9 @@ class FaultProxy:
             return await self._answer(record.fault, req, record, reader, writer)
         if isinstance(record.fault, Callback):
             await asyncio.to_thread(record.fault.fn)
+        if isinstance(record.fault, DropHeader):
+            name = record.fault.name.lower()
+            raw = req.rebuilt([(k, v) for k, v in req.headers if k.lower() != name]).raw
         up_reader, up_writer = await upstream.ensure()
         up_writer.write(raw)
         sending = asyncio.create_task(_pipe(reader, up_writer, _request_framing(req)))

@@ -133,7 +133,7 @@ def test_keys_that_make_one_name_a_file_and_a_folder_are_refused_before_any_down
     put("extra/notes.txt", b"under a folder of the same name")
     res = fetch()
     assert res.code == 4
-    assert "refusing 'extra' and 'extra/notes.txt'" in res.stderr
+    assert "'extra' and 'extra/notes.txt': the first would have to be both" in res.stderr
     assert tree(dest) == {}
     res = fetch(FETCH_EXCLUDE="extra")
     assert res.code == 0, res.stderr

@@ -197,7 +197,14 @@ def start_pushgateway(bins: Binaries, workdir: Path) -> Server:
     port = free_port()
     server = Server(
         "pushgateway",
-        [bins.pushgateway, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: one
+        # run's groups would come back in the next (issue 13). Empty: memory only.
+        [
+            bins.pushgateway,
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            "--persistence.file=",
+        ],
         port,
         workdir,
     )

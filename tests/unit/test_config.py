@@ -87,7 +87,8 @@ def test_kserve_storage_initializer_form() -> None:
     ],
 )
 def test_endpoint_without_scheme(use_https: str | None, expected: str) -> None:
-    env = {"S3_ENDPOINT": "minio.kubeflow:9000", "MINIO_BUCKET": "b1b", "MODEL_CACHE_DIR": "/c"}
+    env = {"S3_ENDPOINT": "minio.kubeflow:9000", "MINIO_BUCKET": "b1b", "MODEL_PREFIX": "m/"}
+    env["MODEL_CACHE_DIR"] = "/c"
     if use_https is not None:
         env["S3_USE_HTTPS"] = use_https
     assert load([], env).endpoint == expected
@@ -97,6 +98,7 @@ def test_endpoint_priority() -> None:
     env = {
         "MODEL_CACHE_DIR": "/c",
         "MINIO_BUCKET": "models",
+        "MODEL_PREFIX": "m/",
         "MINIO_ENDPOINT": "http://minio:9000",
         "AWS_ENDPOINT_URL": "http://aws:9000",
         "S3_ENDPOINT": "s3:9000",
@@ -554,3 +556,32 @@ def test_malformed_region_is_a_config_error() -> None:
     [problem] = problems_of([], {**POD_ENV, "AWS_REGION": "us east"})
     assert problem.startswith("AWS_REGION: expected a region name such as us-east-1")
     assert load([], {**POD_ENV, "AWS_REGION": "eu-central-1"}).region == "eu-central-1"
+
+
+@pytest.mark.parametrize("prefix", [None, "", "/"])
+def test_an_empty_prefix_is_refused_unless_the_whole_bucket_is_meant(prefix: str | None) -> None:
+    """Issue 13, item 8: an unset prefix listed, and fetched, every model in the bucket."""
+    env = {k: v for k, v in POD_ENV.items() if k != "MODEL_PREFIX"}
+    if prefix is not None:
+        env["MODEL_PREFIX"] = prefix
+    (problem,) = problems_of([], env)
+    assert problem.startswith("MODEL_PREFIX: empty, which would fetch the whole bucket")
+    assert "FETCH_WHOLE_BUCKET=true" in problem
+    (problem,) = problems_of(["s3://llm-models/", "/mnt/models"], {})
+    assert problem.startswith("SRC_URI: empty")
+    cfg = load([], {**env, "FETCH_WHOLE_BUCKET": "true"})
+    assert (cfg.prefix, cfg.whole_bucket) == ("", True)
+    assert load(["status"], env).prefix == ""  # only fetch and sidecar list the bucket
+
+
+def test_publish_help_lists_only_what_publish_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13, item 10 (and 15: no --progress where none is drawn)."""
+    with pytest.raises(SystemExit):
+        load(["publish", "--help"], {})
+    out = capsys.readouterr().out
+    for used in ("--include", "--exclude", "--part-size", "--endpoint", ".git/", "exit codes"):
+        assert used in out, used
+    for unused in ("--workers", "--verify", "--metrics-port", "--deadline", "--concurrency"):
+        assert unused not in out, unused
+    for command in ("publish", "status", "verify"):
+        assert problems_of([command, "--progress"], POD_ENV), command

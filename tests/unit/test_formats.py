@@ -150,7 +150,7 @@ def test_safetensors_can_be_skipped_too(hf_model: Path) -> None:
 
 # --- FETCH_SKIP_FORMAT_CHECKS ----------------------------------------------------------------
 
-ENV = {"MINIO_BUCKET": "llm-models", "MODEL_CACHE_DIR": "/model-cache"}
+ENV = {"MINIO_BUCKET": "llm-models", "MODEL_PREFIX": "m/v1/", "MODEL_CACHE_DIR": "/model-cache"}
 
 
 @pytest.mark.parametrize(

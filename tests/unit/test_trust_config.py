@@ -12,7 +12,7 @@ from fetcher.config import load
 from fetcher.errors import ConfigError
 from fetcher.handoff import serving_env
 
-BASE = {"MINIO_BUCKET": "llm-models", "MODEL_CACHE_DIR": "/tmp/cache"}
+BASE = {"MINIO_BUCKET": "llm-models", "MODEL_PREFIX": "m/v1/", "MODEL_CACHE_DIR": "/tmp/cache"}
 
 
 def _public_key(path: Path) -> Path:
