@@ -122,6 +122,11 @@ in FETCH_TERMINATION_LOG. A first word that is not a command or a source URI (s3
 model-registry://) is a mistyped command (exit 2), never a DEST; --version prints the version."""
 _COMMAND_EPILOG = {
     "fetch": _FETCH_EXITS,
+    "sidecar": """Serves /metrics, /healthz and /readyz on METRICS_HOST:METRICS_PORT, by default
+0.0.0.0:9090 (pods are scraped on their IP). exit codes: as fetch (0 only when stopped after a
+complete fetch); 143 SIGTERM, 130 SIGINT.""",
+    "status": """exit codes: 0 the state was read (the JSON says whether it is complete);
+5 the cache state (DEST/.fetcher/state.json) cannot be read.""",
     "publish": """Uploads the files of LOCAL_DIR that --include / --exclude select (globs on the
 path or the file name); .git/ and .cache/huggingface/ are skipped (logged: publish_skipped).
 exit codes: 0 published; 2 usage or configuration; 3 S3 (auth, no such bucket, unreachable);
