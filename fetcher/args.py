@@ -123,8 +123,8 @@ model-registry://) is a mistyped command (exit 2), never a DEST; --version print
 _COMMAND_EPILOG = {
     "fetch": _FETCH_EXITS,
     "sidecar": """Serves /metrics, /healthz and /readyz on METRICS_HOST:METRICS_PORT, by default
-0.0.0.0:9090 (pods are scraped on their IP). exit codes: as fetch (0 only when stopped after a
-complete fetch); 143 SIGTERM, 130 SIGINT.""",
+0.0.0.0:9090 (pods are scraped on their IP). exit codes: as fetch while fetching (2, 3, 4, 5;
+143 SIGTERM, 130 SIGINT); 0 when stopped once the model is ready (it stays in place).""",
     "status": """exit codes: 0 the state was read (the JSON says whether it is complete);
 5 the cache state (DEST/.fetcher/state.json) cannot be read.""",
     "publish": """Uploads the files of LOCAL_DIR that --include / --exclude select (globs on the
