@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         _fail_config(exc, os.environ.get("FETCH_TERMINATION_LOG", "/dev/termination-log"))
     log.setup(cfg.log_format, cfg.log_level)
+    for notice in cfg.notices:
+        log.warning("setting_ignored", notice)
     try:
         code = _dispatch(cfg)
     except FetchError as exc:
@@ -140,10 +142,17 @@ def _traceback(exc: BaseException) -> str:
 
 
 def _fail_config(exc: ConfigError, termination_log: str) -> None:
-    # Logging is not set up yet (its format is part of the configuration): plain stderr.
+    """One line in the format the settings asked for (JSON by default when stderr is not a
+    TTY, as every other line), or plain text where even LOG_FORMAT could not be read."""
     message = "configuration error: " + "; ".join(exc.problems)
-    print(f"model-fetcher: {message}", file=sys.stderr)
-    _write_termination_log(Path(termination_log), message)
+    if exc.log_format == "json":
+        log.setup("json", "info")
+        log.event("error", message, 40, exit_code=exc.exit_code, problems=exc.problems)
+        log.flush()
+    else:
+        print(f"model-fetcher: {message}", file=sys.stderr)
+    where = exc.termination_log if isinstance(exc.termination_log, Path) else None
+    _write_termination_log(where or Path(termination_log), message)
     sys.exit(exc.exit_code)
 
 

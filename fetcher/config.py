@@ -77,6 +77,9 @@ class Config:
     anonymous: bool = False  # unsigned requests (KServe's awsAnonymousCredential)
     region: str = "us-east-1"
     tls_verify: bool = True
+    ca_source: str | None = None  # the variable that named ca_bundle, for the TLS hint
+    key_source: str = ""  # the variables the keys came from (names only), for wrong-key hints
+    notices: tuple[str, ...] = ()  # settings accepted with a warning, logged once at start
     ca_bundle: str | None = None  # only kept for https endpoints
     concurrency: int = 16  # ranged GETs in flight, whole process
     part_size: int = 32 * MiB  # MIN_PART_SIZE..MAX_PART_SIZE
@@ -121,6 +124,16 @@ class Config:
         """The one answer to "is this endpoint TLS?": no endpoint means AWS itself, which is
         https; otherwise the scheme (always explicit here: `http_url` adds the default)."""
         return self.endpoint is None or self.endpoint.startswith("https://")
+
+    @property
+    def tls_hint(self) -> str:
+        """What to change when a certificate is not trusted, naming what the user set."""
+        if self.ca_source and self.ca_bundle:
+            return (
+                f"the CA bundle {self.ca_bundle} ({self.ca_source}) does not sign it: point "
+                f"{self.ca_source} at the CA that does, or set MINIO_TLS_VERIFY=false"
+            )
+        return "set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The context every client uses, or None for plain HTTP (so that a global
@@ -283,6 +296,14 @@ _KEY_PAIRS = (
 )
 
 
+def _key_names(r: _Reader) -> str:
+    """Which variables the keys came from (names only): wrong-key messages say what to fix."""
+    for key_name, secret_name in _KEY_PAIRS:
+        if r.env.get(key_name, "").strip() and r.env.get(secret_name, "").strip():
+            return f"{key_name} / {secret_name}"
+    return "botocore's credential chain (no keys set)"
+
+
 def _credentials(r: _Reader) -> tuple[str | None, str | None, str | None]:
     """Values are read directly, never through _Reader.parse: no message may quote them."""
     secret = {name: r.env.get(name, "").strip() or None for pair in _KEY_PAIRS for name in pair}
@@ -320,6 +341,11 @@ def _tls(r: _Reader, endpoint: str | None) -> tuple[bool, str | None]:
     if problem := _ca_bundle_problem(path):
         r.problems.append(f"{where}: {problem}, got {path!r}")
     return minio_verify and s3_verify, path
+
+
+def _ca_source(r: _Reader) -> str | None:
+    found = r.find(("MINIO_CA_BUNDLE", "AWS_CA_BUNDLE"))
+    return found[0] if found else None
 
 
 def _ca_bundle_problem(path: str) -> str | None:
@@ -451,6 +477,9 @@ def load(
     endpoint = _endpoint(r)
     access_key, secret_key, session_token = _credentials(r)
     tls_verify, ca_bundle = _tls(r, endpoint)
+    anonymous_with_keys = bool(access_key) and bool(
+        r.get("awsAnonymousCredential", None, parse_bool, False)
+    )
     config = Config(
         command=command,
         endpoint=endpoint,
@@ -463,6 +492,13 @@ def load(
         session_token=session_token,
         tls_verify=tls_verify,
         ca_bundle=ca_bundle,
+        ca_source=_ca_source(r) if ca_bundle else None,
+        key_source=_key_names(r),
+        notices=(
+            ("awsAnonymousCredential=true: requests are unsigned, the access keys set are ignored",)
+            if anonymous_with_keys
+            else ()
+        ),
         local_dir=local_dir,
         identity=_identity(r, hostname),
         serve_cmd=ns.serve_cmd,
@@ -477,5 +513,6 @@ def load(
         **_settings(r, command, stderr_isatty),
     )
     if r.problems:
-        raise ConfigError(r.problems)
+        # How to report it: the settings' own log format and termination log, where readable.
+        raise ConfigError(r.problems, config.log_format, config.termination_log)
     return config

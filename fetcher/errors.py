@@ -53,8 +53,15 @@ class FetchError(Exception):
 class ConfigError(FetchError):
     exit_code = EXIT_CONFIG
 
-    def __init__(self, problems: list[str] | str) -> None:
+    def __init__(
+        self,
+        problems: list[str] | str,
+        log_format: str | None = None,
+        termination_log: object = None,
+    ) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
+        # Where the settings that could be read say to report it (cli.py), else defaults.
+        self.log_format, self.termination_log = log_format, termination_log
         super().__init__("; ".join(self.problems))
 
 

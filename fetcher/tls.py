@@ -17,13 +17,14 @@ from fetcher.errors import TLSFailure
 _NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
 
 
-def tls_failure(exc: ssl.SSLError, where: str) -> TLSFailure:
-    """One message for a TLS failure, whichever client met it, saying how to fix it."""
+DEFAULT_HINT = "set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false"
+
+
+def tls_failure(exc: ssl.SSLError, where: str, hint: str = DEFAULT_HINT) -> TLSFailure:
+    """One message for a TLS failure, whichever client met it, saying how to fix it
+    (`hint`: Config.tls_hint, which names the CA variable the user set)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSFailure(
-            f"TLS certificate of {where} not trusted: {exc.verify_message} "
-            "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
-        )
+        return TLSFailure(f"TLS certificate of {where} not trusted: {exc.verify_message} ({hint})")
     if exc.reason in _NOT_TLS:
         return TLSFailure(
             f"{where} answered without TLS: use http:// in the endpoint URL "

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
-from fetcher.errors import ObjectNotFound
+from fetcher.config import Config
+from fetcher.errors import AccessDenied, FetchError, ObjectNotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,14 @@ def full_object_checksums(
     if checksum_type != "FULL_OBJECT" and (checksum_type is not None or multipart):
         return {}  # cannot be recomputed from the bytes: the file is source_unverified
     return {name: value for name, value in values.items() if value}
+
+
+def with_key_source(exc: FetchError, cfg: Config) -> FetchError:
+    """A wrong-key answer names where the keys came from (variable names only, never values),
+    so the message says which Secret to fix."""
+    if isinstance(exc, AccessDenied) and cfg.key_source and not cfg.anonymous:
+        return AccessDenied(f"{exc} (keys from {cfg.key_source})")
+    return exc
 
 
 def listed_object(key: str, size: int, etag: str, prefix: str) -> RemoteObject | None:

@@ -43,8 +43,10 @@ from fetcher.source.base import (
     full_object_checksums,
     listed_object,
     nonempty,
+    with_key_source,
 )
 from fetcher.source.s3errors import map_s3_error, not_s3
+from fetcher.tls import DEFAULT_HINT
 
 
 def map_client_error(exc: ClientError, what: str) -> FetchError:
@@ -53,14 +55,13 @@ def map_client_error(exc: ClientError, what: str) -> FetchError:
     return map_s3_error(status, str(err.get("Code", "")), str(err.get("Message", "")), what)
 
 
-def map_boto_error(exc: BaseException, what: str, endpoint: str | None) -> FetchError:
+def map_boto_error(
+    exc: BaseException, what: str, endpoint: str | None, tls_hint: str = DEFAULT_HINT
+) -> FetchError:
     if isinstance(exc, ClientError):
         return map_client_error(exc, what)
     if isinstance(exc, SSLError | ssl.SSLError):
-        return TLSFailure(
-            f"TLS error talking to {endpoint}: {_short(exc)} "
-            "(set MINIO_CA_BUNDLE, or MINIO_TLS_VERIFY=false)"
-        )
+        return TLSFailure(f"TLS error talking to {endpoint}: {_short(exc)} ({tls_hint})")
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
         return SourceUnreachable(f"cannot reach {endpoint}: {_short(exc)}")
     if isinstance(exc, NoCredentialsError):
@@ -152,7 +153,9 @@ class Source:
         await self._stack.aclose()
 
     def _map(self, exc: BaseException, what: str) -> FetchError:
-        return map_boto_error(exc, what, self.cfg.endpoint)
+        return with_key_source(
+            map_boto_error(exc, what, self.cfg.endpoint, self.cfg.tls_hint), self.cfg
+        )
 
     async def list_prefix(self, prefix: str) -> list[RemoteObject]:
         """Every object under `prefix` (paginated); an empty listing is ObjectNotFound."""

@@ -38,6 +38,7 @@ from fetcher.source.base import (
     full_object_checksums,
     listed_object,
     nonempty,
+    with_key_source,
 )
 from fetcher.source.s3errors import not_s3, s3_error_from_body
 from fetcher.tasks import in_daemon_thread
@@ -131,7 +132,7 @@ class SignedSource:
             with self.opener.open(self._signed(method, url, headers), timeout=timeout) as resp:
                 return dict(resp.headers.items()), resp.read(_MAX_BODY + 1)
         except urllib.error.HTTPError as exc:
-            raise _http_error(exc, what) from None
+            raise with_key_source(_http_error(exc, what), self.cfg) from None
         except urllib.error.URLError as exc:
             raise self._unreachable(exc.reason) from None
         except (TimeoutError, ConnectionError, OSError) as exc:
@@ -139,7 +140,7 @@ class SignedSource:
 
     def _unreachable(self, reason: object) -> FetchError:
         if isinstance(reason, ssl.SSLError):
-            return tls_failure(reason, self.endpoint)
+            return tls_failure(reason, self.endpoint, self.cfg.tls_hint)
         text = getattr(reason, "strerror", None) or str(reason)
         return SourceUnreachable(f"cannot reach {self.endpoint}: {text}")
 

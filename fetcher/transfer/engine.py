@@ -304,7 +304,7 @@ def _check_whole(job: Job, digest: str, s3_sum: str | None) -> None:
 
 def make_getter(cfg: Config, limit: int) -> RangeGetter:
     ctx = cfg.ssl_context()
-    return RangeGetter(limit, cfg.connect_timeout, cfg.read_timeout, ctx, cfg.proxies)
+    return RangeGetter(limit, cfg.connect_timeout, cfg.read_timeout, ctx, cfg.proxies, cfg.tls_hint)
 
 
 class MetricsHooks:

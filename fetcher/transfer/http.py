@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from fetcher.errors import FetchError, RangeMismatch, TransientSourceError
 from fetcher.source.proxy import DIRECT, Proxy, ProxyRules
 from fetcher.source.s3errors import s3_error_from_body
-from fetcher.tls import tls_context, tls_failure
+from fetcher.tls import DEFAULT_HINT, tls_context, tls_failure
 from fetcher.transfer.buffers import BUF_SIZE, DoubleBuffer
 from fetcher.transfer.framing import (
     MAX_ERROR_BODY,
@@ -314,8 +314,9 @@ class RangeGetter:
         read_timeout: float,
         ssl_context: ssl.SSLContext | None,
         proxies: ProxyRules = DIRECT,
+        tls_hint: str = DEFAULT_HINT,
     ) -> None:
-        self.limit = limit
+        self.limit, self.tls_hint = limit, tls_hint
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.ssl_context, self.proxies = ssl_context, proxies
         self._idle: list[_Conn] = []
@@ -349,7 +350,7 @@ class RangeGetter:
             async with asyncio.timeout(self.connect_timeout):
                 conn = await self._open(loop, host, port, tls, via)
         except ssl.SSLError as exc:
-            raise tls_failure(exc, f"{host}:{port}") from exc
+            raise tls_failure(exc, f"{host}:{port}", self.tls_hint) from exc
         except TimeoutError as exc:
             raise TransientSourceError(
                 f"connect to {where} timed out", reason="connect_timeout"

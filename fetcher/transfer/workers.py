@@ -79,6 +79,7 @@ class WorkerPool:
             "tls_verify": cfg.tls_verify,
             "ca_bundle": cfg.ca_bundle,
             "proxies": proxies_to_json(cfg.proxies),
+            "tls_hint": cfg.tls_hint,
             "log_format": cfg.log_format,
             "log_level": cfg.log_level,
             "direct_io": cfg.direct_io,
@@ -277,6 +278,7 @@ async def _serve(settings: dict[str, Any]) -> None:
         settings["read_timeout"],
         ctx,
         proxies_from_json(settings["proxies"]),
+        settings["tls_hint"],
     )
     inflight = asyncio.Semaphore(settings["limit"])
     urls: dict[str, str] = {}
