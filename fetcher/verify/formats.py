@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection
+import stat
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -140,3 +142,20 @@ def skipped_note(skip: Collection[str]) -> str | None:
         return None
     names = ", ".join(f for f in FAMILIES if f in skip)
     return f"format checks turned off by FETCH_SKIP_FORMAT_CHECKS: {names}"
+
+
+@contextmanager
+def open_regular(path: Path, name: str) -> Iterator[tuple[int, int]]:
+    """(fd, size) of a model file opened for its header check; a missing file or anything
+    but a regular file is InvalidModel naming `name` (one rule for every header reader)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise InvalidModel(f"{name}: missing or not a file") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidModel(f"{name}: not a regular file")
+        yield fd, st.st_size
+    finally:
+        os.close(fd)

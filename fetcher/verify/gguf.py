@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fetcher.errors import InvalidModel
+from fetcher.verify.formats import open_regular
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # v1 (uint32 counts) is refused by llama.cpp since 2023
@@ -204,17 +204,8 @@ def _text(raw: bytes) -> str:
 def read_header(path: Path, name: str | None = None) -> Header:
     """Parse and check the header of a GGUF file; raise InvalidModel naming `name` and why."""
     name = name or path.name
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-        raise InvalidModel(f"{name}: missing or not a file") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidModel(f"{name}: not a regular file")
-        return _Parse(_Cursor(fd, st.st_size), name).header()
-    finally:
-        os.close(fd)
+    with open_regular(path, name) as (fd, size):
+        return _Parse(_Cursor(fd, size), name).header()
 
 
 class _Parse:

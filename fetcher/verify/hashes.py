@@ -46,8 +46,16 @@ def xxh3_file(path: Path) -> str:
 
 def xxh3_range(fd: int, offset: int, length: int, buf: bytearray | None = None) -> str:
     """xxh3-128 of `length` bytes at `offset`; pass `buf` to reuse one buffer across calls."""
+    return _hash_range(xxhash.xxh3_128(), fd, offset, length, buf)
+
+
+def sha256_range(fd: int, offset: int, length: int) -> str:
+    """sha256 hex of `length` bytes at `offset` (a signed part kept from an interrupted run)."""
+    return _hash_range(hashlib.sha256(), fd, offset, length, None)
+
+
+def _hash_range(h: Any, fd: int, offset: int, length: int, buf: bytearray | None) -> str:
     view = memoryview(buf if buf is not None else bytearray(max(1, min(length, HASH_BLOCK))))
-    h = xxhash.xxh3_128()
     done = 0
     while done < length:
         n = _pread_into(fd, view[: min(len(view), length - done)], offset + done)
@@ -56,21 +64,7 @@ def xxh3_range(fd: int, offset: int, length: int, buf: bytearray | None = None) 
             raise CacheError(f"range {offset}+{length} runs past the end of the file at {done}")
         h.update(view[:n])
         done += n
-    return h.hexdigest()
-
-
-def sha256_range(fd: int, offset: int, length: int) -> str:
-    """sha256 hex of `length` bytes at `offset` (a signed part kept from an interrupted run)."""
-    view = memoryview(bytearray(max(1, min(length, HASH_BLOCK))))
-    h = hashlib.sha256()
-    done = 0
-    while done < length:
-        n = _pread_into(fd, view[: min(len(view), length - done)], offset + done)
-        if n == 0:
-            raise CacheError(f"range {offset}+{length} runs past the end of the file at {done}")
-        h.update(view[:n])
-        done += n
-    return h.hexdigest()
+    return str(h.hexdigest())
 
 
 def composite_xxh3(part_digests: Iterable[str]) -> str:

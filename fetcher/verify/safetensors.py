@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fetcher.errors import InvalidModel
-from fetcher.verify.formats import INDEX_SUFFIX, read_weight_map
+from fetcher.verify.formats import INDEX_SUFFIX, open_regular, read_weight_map
 
 # Same limit spirit as the safetensors crate: a header is metadata, never a payload.
 MAX_HEADER = 100 * 1024 * 1024
@@ -77,23 +76,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _read_header(path: Path, name: str) -> tuple[dict[str, Any], int]:
     """The parsed JSON header and the length of the data section after it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-        raise InvalidModel(f"{name}: missing or not a file") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidModel(f"{name}: not a regular file")
-        size = st.st_size
+    with open_regular(path, name) as (fd, size):
         if size < 8:
             raise InvalidModel(f"{name}: {size} bytes, shorter than the 8-byte header length")
         n = int.from_bytes(_pread_exact(fd, 8, 0), "little")
         if n == 0 or n > MAX_HEADER or 8 + n > size:
             raise InvalidModel(f"{name}: header length {n} does not fit a {size}-byte file")
         raw = _pread_exact(fd, n, 8)
-    finally:
-        os.close(fd)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
