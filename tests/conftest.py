@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,9 +10,18 @@ from typing import Any
 
 import pytest
 
-from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
+from devtools.seaweed import SeaweedServer, boto3_client
 from tests.faults.proxy import FaultProxy
-from tests.helpers import BUCKET, TLS_FILES, TLS_PREFIX, Result, make_certs, pod_env, run_fetcher
+from tests.helpers import (
+    BUCKET,
+    TLS_FILES,
+    TLS_PREFIX,
+    Result,
+    make_certs,
+    pod_env,
+    run_fetcher,
+    seaweed_with_bucket,
+)
 
 _SCRUB = (
     "AWS_",
@@ -40,13 +48,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[SeaweedServer]:
-    server = start_temporary()
-    try:
-        boto3_client(server).create_bucket(Bucket=BUCKET)
+    with seaweed_with_bucket() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +98,8 @@ def fetch(s3_server: SeaweedServer, prefix: str, dest: Path) -> Callable[..., Re
 def tls_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedServer, Path]]:
     """A SeaweedFS with an https S3 port (a throwaway CA) holding TLS_FILES; (server, CA)."""
     ca, cert, key = make_certs(tmp_path_factory.mktemp("certs"))
-    server = start_temporary(tls=(cert, key))
-    try:
+    with seaweed_with_bucket(tls=(cert, key)) as server:
         client: Any = boto3_client(server)
-        client.create_bucket(Bucket=BUCKET)
         for rel, data in TLS_FILES.items():
             client.put_object(Bucket=BUCKET, Key=TLS_PREFIX + rel, Body=data)
         yield server, ca
-    finally:
-        server.stop()
-        shutil.rmtree(server.workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ module imports another.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from devtools.seaweed import SeaweedServer
+from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
 from fetcher.cache.layout import META_DIR, Layout
 
 BUCKET = "llm-models"
@@ -238,3 +239,15 @@ def chain_env(server: SeaweedServer, tmp_path: Path) -> dict[str, str]:
 # What the `tls_seaweed` fixture holds.
 TLS_PREFIX = "secure/v1/"
 TLS_FILES = {"config.json": b"{}", "w.bin": b"w" * 300_000}
+
+
+@contextlib.contextmanager
+def seaweed_with_bucket(tls: tuple[Path, Path] | None = None) -> Iterator[SeaweedServer]:
+    """A SeaweedFS of its own on 127.0.0.1 with the test bucket; stopped and removed after."""
+    server = start_temporary(tls=tls)
+    try:
+        boto3_client(server).create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
+from devtools.seaweed import SeaweedServer, boto3_client
 from tests.faults.proxy import Fault, FaultProxy, Throttle
-from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, tree
+from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, seaweed_with_bucket, tree
 
 PART = 256 * 1024
 FILES = 6
@@ -34,13 +33,8 @@ CONCURRENCY = 4
 
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[SeaweedServer]:
-    server = start_temporary()
-    try:
-        boto3_client(server).create_bucket(Bucket=BUCKET)
+    with seaweed_with_bucket() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 @pytest.fixture
