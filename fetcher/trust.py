@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetcher.verify import omskeys
-
 Find = Callable[[str | Sequence[str], str | None], tuple[str, str] | None]
 _DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -38,7 +36,7 @@ class Trust:
 
 def read_trust(find: Find, problems: list[str]) -> Trust:
     keys = _key_paths(find("FETCH_SIGNER_KEY", "--signer-key"), problems)
-    cert = _file(find("FETCH_SIGNER_CERT", "--signer-cert"), problems, omskeys.load_certificates)
+    cert = _file(find("FETCH_SIGNER_CERT", "--signer-cert"), problems, "load_certificates")
     identity = find("FETCH_SIGNER_IDENTITY", "--signer-identity")
     if cert is not None and identity is None:
         problems.append("FETCH_SIGNER_CERT: set without FETCH_SIGNER_IDENTITY (whose signature?)")
@@ -46,9 +44,9 @@ def read_trust(find: Find, problems: list[str]) -> Trust:
         problems.append(f"{identity[0]}: set without FETCH_SIGNER_CERT")
     if keys and cert is not None:
         problems.append("FETCH_SIGNER_KEY and FETCH_SIGNER_CERT: set only one of them")
-    sign_key = _file(find("FETCH_SIGN_KEY", "--sign-key"), problems, omskeys.load_private_key)
+    sign_key = _file(find("FETCH_SIGN_KEY", "--sign-key"), problems, "load_private_key")
     chain_found = find("FETCH_SIGN_CERT_CHAIN", "--sign-cert-chain")
-    chain = _file(chain_found, problems, omskeys.load_certificates)
+    chain = _file(chain_found, problems, "load_certificates")
     if chain_found is not None and find("FETCH_SIGN_KEY", "--sign-key") is None:
         problems.append(f"{chain_found[0]}: set without --sign-key")
     return Trust(
@@ -69,22 +67,24 @@ def _key_paths(found: tuple[str, str] | None, problems: list[str]) -> tuple[Path
     where, text = found
     paths = [p.strip() for p in text.split(",") if p.strip()]
     good = [
-        path
-        for p in paths
-        if (path := _file((where, p), problems, omskeys.load_public_key)) is not None
+        path for p in paths if (path := _file((where, p), problems, "load_public_key")) is not None
     ]
     return tuple(good)
 
 
-def _file(
-    found: tuple[str, str] | None, problems: list[str], load: Callable[[Path], object]
-) -> Path | None:
+def _file(found: tuple[str, str] | None, problems: list[str], load: str) -> Path | None:
+    """`found`'s path, checked by calling `omskeys.<load>` on it."""
     if found is None:
         return None
+    # cryptography costs ~60 ms of every start (measured, issue 14): only a start with a
+    # key or certificate configured pays it.
+    from fetcher.verify import omskeys
+
+    loader: Callable[[Path], object] = getattr(omskeys, load)
     where, text = found
     path = Path(text).absolute()
     try:
-        load(path)
+        loader(path)
     except OSError as exc:
         problems.append(f"{where}: cannot read {text!r} ({exc.strerror or exc})")
         return None

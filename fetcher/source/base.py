@@ -1,7 +1,7 @@
 """What the fetch needs from the S3 side, and which implementation provides it.
 
     ControlPlane          list, head, the manifest GET, presigned GET URLs
-    ├─ SignedSource       (sigv4.py) SigV4 from botocore.auth over urllib: static keys or
+    ├─ SignedSource       (sigv4.py) SigV4 (sigv4sign.py) over urllib: static keys or
     │                     anonymous, the pod's usual case; no aiobotocore, no aiohttp
     └─ Source             (boto.py) aiobotocore: botocore's whole credential chain (IRSA,
                           web identity, shared config) and the uploads of `publish`

@@ -1,9 +1,9 @@
-"""The S3 control plane without an SDK client: SigV4 from botocore.auth, requests by urllib.
+"""The S3 control plane without an SDK client: SigV4 from sigv4sign.py, requests by urllib.
 
 Used when the pod gives static keys (or anonymous access), which is the platform's case; see
-base.py for why. botocore still does the signing, so nothing about SigV4 is hand-written
-here: only the four requests a fetch makes (ListObjectsV2, HEAD, GET of the manifest, and
-presigned GET URLs for the byte path) and the parsing of their answers.
+base.py for why. Here: the four requests a fetch makes (ListObjectsV2, HEAD, GET of the
+manifest, and presigned GET URLs for the byte path) and the parsing of their answers. The
+signing is hand-written (sigv4sign.py says why: botocore.auth's import cost at every start).
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 from xml.etree import ElementTree
-
-from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
 
 from fetcher.config import Config
 from fetcher.errors import (
@@ -41,21 +37,13 @@ from fetcher.source.base import (
     with_key_source,
 )
 from fetcher.source.s3errors import not_s3, s3_error_from_body
+from fetcher.source.sigv4sign import Credentials, presign, sign_headers
 from fetcher.tasks import in_daemon_thread
 from fetcher.tls import tls_failure
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _ATTEMPTS = 3  # like botocore's standard retry mode for the control plane
 _MAX_BODY = 256 << 20  # the manifest's own ceiling (integrity.MAX_MANIFEST)
-
-
-@dataclass(frozen=True)
-class _Credentials:
-    """What botocore's signers read: static keys, never logged."""
-
-    access_key: str
-    secret_key: str
-    token: str | None = None
 
 
 class SignedSource:
@@ -65,7 +53,7 @@ class SignedSource:
         self.creds = (
             None
             if cfg.anonymous
-            else _Credentials(str(cfg.access_key), str(cfg.secret_key), cfg.session_token)
+            else Credentials(str(cfg.access_key), str(cfg.secret_key), cfg.session_token)
         )
         self.ssl = cfg.ssl_context()
         # An empty ProxyHandler: urllib would otherwise read the proxy variables itself, with
@@ -95,10 +83,10 @@ class SignedSource:
 
     # -- requests --------------------------------------------------------------------------
     def _signed(self, method: str, url: str, headers: Mapping[str, str]) -> urllib.request.Request:
-        req = AWSRequest(method=method, url=url, headers=dict(headers))
+        signed = dict(headers)
         if self.creds is not None:
-            S3SigV4Auth(self.creds, "s3", self.cfg.region).add_auth(req)
-        out = urllib.request.Request(url, method=method, headers=dict(req.headers.items()))
+            signed = sign_headers(self.creds, self.cfg.region, method, url, headers)
+        out = urllib.request.Request(url, method=method, headers=signed)
         if self.proxy is not None:
             # http: absolute form to the proxy; https: a CONNECT tunnel (urllib's set_proxy).
             out.set_proxy(self.proxy.netloc, "http")
@@ -209,9 +197,7 @@ class SignedSource:
         url = self._url(key, _version(version_id))
         if self.creds is None:
             return url
-        req = AWSRequest(method="GET", url=url)
-        S3SigV4QueryAuth(self.creds, "s3", self.cfg.region, expires=expires).add_auth(req)
-        return str(req.url)
+        return presign(self.creds, self.cfg.region, url, expires)
 
 
 def _version(version_id: str | None) -> dict[str, str] | None:

@@ -21,6 +21,10 @@ LAZY = {
     ("fetcher.cli", "fetcher.commands.inspect"),
     ("fetcher.cli", "fetcher.commands.publish"),
     ("fetcher.cli", "fetcher.commands.sidecar"),
+    # cryptography costs ~60 ms per start (issue 14); only a configured trust policy (signer
+    # key or certificate) loads a key or checks a signature with it.
+    ("fetcher.trust", "fetcher.verify.omskeys"),
+    ("fetcher.commands.signed", "fetcher.verify.omskeys"),
 }
 
 
