@@ -8,16 +8,17 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from functools import partial
-from typing import TypeVar
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, TypeVar
 
 from fetcher.commands.fetch import Fetch, Outcome, summary
 from fetcher.commands.served import metric_location, report_served
 from fetcher.config import Config
 from fetcher.errors import SourceError
-from fetcher.observe.metrics import Metrics, MetricsServer, push, write_textfile
+from fetcher.observe.metrics import Metrics, MetricsServer, new_registry, push, write_textfile
 from fetcher.tasks import in_daemon_thread
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 T = TypeVar("T")
 
@@ -32,20 +33,27 @@ async def with_deadline(cfg: Config, coro: Awaitable[T]) -> T:
         raise SourceError(f"FETCH_DEADLINE of {cfg.deadline:g}s exceeded") from None
 
 
-def publish_metrics(cfg: Config, registry: CollectorRegistry) -> None:
+def exports_metrics(cfg: Config) -> bool:
+    """Whether anything reads this run's metrics: if not, they are not kept (metrics.py)."""
+    return bool(cfg.metrics_port is not None or cfg.pushgateway_url or cfg.metrics_textfile)
+
+
+def publish_metrics(cfg: Config, registry: CollectorRegistry | None) -> None:
+    if registry is None:
+        return
     if cfg.pushgateway_url:
         push(registry, cfg.pushgateway_url, cfg.identity)
     if cfg.metrics_textfile:
         write_textfile(registry, str(cfg.metrics_textfile))
 
 
-async def push_metrics(cfg: Config, registry: CollectorRegistry) -> None:
+async def push_metrics(cfg: Config, registry: CollectorRegistry | None) -> None:
     """In a daemon thread: a stuck Pushgateway never holds the exit or readiness."""
     await in_daemon_thread(partial(publish_metrics, cfg, registry))
 
 
 async def measured_fetch(
-    cfg: Config, metrics: Metrics, registry: CollectorRegistry, *, push_success: bool = True
+    cfg: Config, metrics: Metrics, registry: CollectorRegistry | None, *, push_success: bool = True
 ) -> Outcome:
     """One fetch under the deadline, its outcome in the metrics. A failure is always pushed;
     a success only when asked (the sidecar pushes after it turned ready)."""
@@ -66,7 +74,7 @@ async def measured_fetch(
 
 async def fetch_and_report(cfg: Config) -> Outcome:
     """One fetch with its metrics exposed during the run and pushed or written after it."""
-    registry = CollectorRegistry()
+    registry = new_registry() if exports_metrics(cfg) else None
     metrics = Metrics(registry, *metric_location(cfg))
     async with MetricsServer(cfg.metrics_port, metrics, cfg.metrics_host):
         return await measured_fetch(cfg, metrics, registry)
