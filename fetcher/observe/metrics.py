@@ -59,7 +59,7 @@ class _Null:
 
 
 def new_registry() -> CollectorRegistry:
-    """A registry for a run that exports its metrics (the only import of prometheus_client)."""
+    """A registry for a run that exports its metrics (prometheus_client imported here)."""
     from prometheus_client import CollectorRegistry
 
     return CollectorRegistry()
