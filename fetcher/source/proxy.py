@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import ssl
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -132,3 +134,24 @@ def proxies_from_json(doc: dict[str, Any]) -> ProxyRules:
         return None if v is None else Proxy(str(v[0]), int(v[1]), v[2])
 
     return ProxyRules(one(doc["http"]), one(doc["https"]), tuple(doc["no_proxy"]))
+
+
+def urllib_opener(ctx: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    """An opener that never routes by itself: urllib would read the proxy variables from the
+    environment with Python's NO_PROXY rules; `routed` applies this module's (curl's)."""
+    tls: urllib.request.BaseHandler = (
+        urllib.request.HTTPSHandler(context=ctx) if ctx else urllib.request.HTTPHandler()
+    )
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), tls)
+
+
+def routed(request: urllib.request.Request, proxy: Proxy | None) -> urllib.request.Request:
+    """`request` sent through `proxy` when the rules name one: http in absolute form, https
+    through a CONNECT tunnel (urllib's set_proxy). The Host stays the endpoint's (signed for
+    it; urllib would name the proxy in a tunnelled Host)."""
+    if proxy is not None:
+        request.set_proxy(proxy.netloc, "http")
+        request.add_unredirected_header("Host", urlsplit(request.full_url).netloc)
+        if proxy.authorization:
+            request.add_header("Proxy-Authorization", proxy.authorization)
+    return request

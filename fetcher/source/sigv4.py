@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Mapping
 from functools import partial
 from types import TracebackType
-from urllib.parse import quote, unquote_plus, urlencode, urlsplit
+from urllib.parse import quote, unquote_plus, urlencode
 from xml.etree import ElementTree
 
 from fetcher.config import Config
@@ -36,6 +36,7 @@ from fetcher.source.base import (
     nonempty,
     with_key_source,
 )
+from fetcher.source.proxy import routed, urllib_opener
 from fetcher.source.s3errors import not_s3, s3_error_from_body
 from fetcher.source.sigv4sign import Credentials, presign, sign_headers
 from fetcher.tasks import in_daemon_thread
@@ -56,15 +57,9 @@ class SignedSource:
             else Credentials(str(cfg.access_key), str(cfg.secret_key), cfg.session_token)
         )
         self.ssl = cfg.ssl_context()
-        # An empty ProxyHandler: urllib would otherwise read the proxy variables itself, with
-        # Python's NO_PROXY rules; the route is decided once, by proxy.py's (curl's).
+        # The route is decided once, by proxy.py's rule (curl's), not by urllib's own.
         self.proxy = cfg.proxies.for_url(self.endpoint)
-        self.opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}),
-            urllib.request.HTTPSHandler(context=self.ssl)
-            if self.ssl
-            else urllib.request.HTTPHandler(),
-        )
+        self.opener = urllib_opener(self.ssl)
 
     async def __aenter__(self) -> SignedSource:
         return self
@@ -86,15 +81,7 @@ class SignedSource:
         signed = dict(headers)
         if self.creds is not None:
             signed = sign_headers(self.creds, self.cfg.region, method, url, headers)
-        out = urllib.request.Request(url, method=method, headers=signed)
-        if self.proxy is not None:
-            # http: absolute form to the proxy; https: a CONNECT tunnel (urllib's set_proxy).
-            out.set_proxy(self.proxy.netloc, "http")
-            # Signed for the endpoint: urllib would name the proxy in a tunnelled Host.
-            out.add_unredirected_header("Host", urlsplit(url).netloc)
-            if self.proxy.authorization:
-                out.add_header("Proxy-Authorization", self.proxy.authorization)
-        return out
+        return routed(urllib.request.Request(url, method=method, headers=signed), self.proxy)
 
     def _send(
         self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None

@@ -21,6 +21,7 @@ import pytest
 
 from devtools.sample_model import write_sample_model
 from devtools.seaweed import SeaweedServer
+from tests.faults.tinyproxy import tinyproxy
 from tests.helpers import BUCKET, Result, pod_env, run_fetcher, tree
 
 API = "/api/model_registry/v1alpha3"
@@ -125,9 +126,15 @@ def registry(
 
 
 def kf_fetch(
-    server: SeaweedServer, stub: Stub, uri: str, dest: Path, token_file: Path | None, base: bool
+    server: SeaweedServer,
+    stub: Stub,
+    uri: str,
+    dest: Path,
+    token_file: Path | None,
+    base: bool,
+    **extra: str,
 ) -> Result:
-    env = pod_env(server, "", dest)
+    env = {**pod_env(server, "", dest), **extra}
     env.pop("MINIO_BUCKET")
     env.pop("MODEL_PREFIX")
     if base:
@@ -212,3 +219,33 @@ def test_without_the_bearer_token_the_registry_refuses_and_the_token_is_never_pr
     ok = kf_fetch(s3_server, stub, "model-registry://llm", tmp_path / "c2", token, base=True)
     assert ok.code == 0, ok.stderr
     assert TOKEN not in ok.stderr + res.stderr
+
+
+def test_registry_requests_follow_the_one_proxy_rule(
+    s3_server: SeaweedServer,
+    registry: tuple[Stub, str, dict[str, Path]],
+    token: Path,
+    tmp_path: Path,
+) -> None:
+    """The registry client routes like the S3 planes (proxy.py, curl's NO_PROXY): through the
+    proxy when set, and direct for a NO_PROXY CIDR, which urllib's own rule does not read
+    (before, the registry went through the proxy while S3 went direct)."""
+    stub, _, local = registry
+    (tmp_path / "tinyproxy").mkdir()
+    with tinyproxy(tmp_path / "tinyproxy") as proxy:
+        via = kf_fetch(
+            s3_server, stub, "model-registry://llm", tmp_path / "a", token, True,
+            HTTP_PROXY=proxy.url,
+        )  # fmt: skip
+        assert via.code == 0, via.stderr
+        seen = proxy.requests()
+        registry_url = f"GET http://127.0.0.1:{stub.port}/api/model_registry/"
+        assert any(r.startswith(registry_url) for r in seen), seen
+        before = len(seen)
+        direct = kf_fetch(
+            s3_server, stub, "model-registry://llm", tmp_path / "b", token, True,
+            HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.0/8",
+        )  # fmt: skip
+        assert direct.code == 0, direct.stderr
+        assert proxy.requests()[before:] == []
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(local["v2"])

@@ -1,8 +1,8 @@
 """JSON over urllib for the registries, errors mapped into ours here, at the boundary.
 
-The opener is built like the S3 control plane's (sigv4.py): `urllib.request.build_opener`,
-whose ProxyHandler applies HTTP(S)_PROXY / NO_PROXY, so every request of the process follows
-one proxy rule. Answers are bounded: a registry answer is metadata, never megabytes.
+Requests are routed like the S3 control plane's (sigv4.py), by proxy.py's rule (curl's
+NO_PROXY), so every request of the process follows one proxy rule. Answers are bounded: a
+registry answer is metadata, never megabytes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fetcher.errors import (
     RegistryUnreachable,
     SourceError,
 )
+from fetcher.source.proxy import DIRECT, ProxyRules, routed, urllib_opener
 from fetcher.tls import tls_context, tls_failure
 
 _MAX_ANSWER = 8 << 20
@@ -46,12 +47,11 @@ class JsonClient:
         headers: Mapping[str, str],
         timeout: float,
         tls: tuple[bool, str | None] = (True, None),
+        proxies: ProxyRules = DIRECT,
     ) -> None:
         self.base, self.what, self.headers, self.timeout = base.rstrip("/"), what, headers, timeout
-        handlers: list[urllib.request.BaseHandler] = []
-        if base.startswith("https"):
-            handlers.append(urllib.request.HTTPSHandler(context=tls_context(*tls)))
-        self.opener = urllib.request.build_opener(*handlers)
+        self.opener = urllib_opener(tls_context(*tls) if base.startswith("https") else None)
+        self.proxy = proxies.for_url(self.base)
 
     def get(self, path: str, query: Mapping[str, str], what: str) -> Any:
         return self._send("GET", f"{self.base}{path}?{urlencode(query)}", None, what)
@@ -73,7 +73,9 @@ class JsonClient:
         headers = {"Accept": "application/json", **self.headers}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=body, method=method, headers=headers)
+        req = routed(
+            urllib.request.Request(url, data=body, method=method, headers=headers), self.proxy
+        )
         try:
             with self.opener.open(req, timeout=self.timeout) as resp:
                 data = resp.read(_MAX_ANSWER + 1)

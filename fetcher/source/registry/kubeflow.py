@@ -40,7 +40,8 @@ def client(cfg: Config, ref: RegistryRef) -> JsonClient:
     if reg.kubeflow_token_file is not None:
         headers["Authorization"] = f"Bearer {_token(reg.kubeflow_token_file)}"
     timeout = cfg.connect_timeout + cfg.read_timeout
-    return JsonClient(base, "model registry", headers, timeout, (cfg.tls_verify, cfg.ca_bundle))
+    tls = (cfg.tls_verify, cfg.ca_bundle)
+    return JsonClient(base, "model registry", headers, timeout, tls, cfg.proxies)
 
 
 def _token(path: Any) -> str:

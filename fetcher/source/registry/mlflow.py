@@ -41,7 +41,7 @@ def client(cfg: Config) -> JsonClient:
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     tls = (not reg.mlflow_insecure_tls, reg.mlflow_cert_path)
     timeout = cfg.connect_timeout + cfg.read_timeout
-    return JsonClient(reg.mlflow_uri, "MLflow registry", headers, timeout, tls)
+    return JsonClient(reg.mlflow_uri, "MLflow registry", headers, timeout, tls, cfg.proxies)
 
 
 def resolve(cfg: Config, ref: RegistryRef) -> Answer:
