@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.tools import base_env, binary
+from bench.tools import Source, base_env, binary, fetcher_env
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
 
 BUCKET = "bench-files"
@@ -29,17 +29,9 @@ Command = Callable[[SeaweedServer, str, Path], tuple[list[str], dict[str, str]]]
 
 
 def _fetcher(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
-    env = {
-        "MINIO_ENDPOINT": server.endpoint,
-        "MINIO_BUCKET": BUCKET,
-        "MODEL_PREFIX": prefix,
-        "MODEL_CACHE_DIR": str(dest),
-        "MINIO_ACCESS_KEY": server.access_key,
-        "MINIO_SECRET_KEY": server.secret_key,
-        "LOG_FORMAT": "json",
-        "FETCH_TERMINATION_LOG": str(dest.parent / "termination-log"),
-    }
-    return [binary("model-fetcher")], env
+    source = Source(server.endpoint, BUCKET, prefix, server.access_key, server.secret_key)
+    env = {**fetcher_env(source), "MODEL_CACHE_DIR": str(dest)}
+    return [binary("model-fetcher")], {**env, "FETCH_TERMINATION_LOG": str(dest.parent / "t")}
 
 
 def _s5cmd(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:

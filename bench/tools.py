@@ -77,7 +77,7 @@ def _aws_env(source: Source) -> dict[str, str]:
     }
 
 
-def _fetcher_env(source: Source) -> dict[str, str]:
+def fetcher_env(source: Source) -> dict[str, str]:
     return {
         "MINIO_ENDPOINT": source.endpoint,
         "MINIO_BUCKET": source.bucket,
@@ -89,7 +89,7 @@ def _fetcher_env(source: Source) -> dict[str, str]:
 
 
 def _fetcher(tool: Tool, source: Source, dest: Path) -> tuple[list[str], dict[str, str]]:
-    return [binary("model-fetcher")], {**_fetcher_env(source), "MODEL_CACHE_DIR": str(dest)}
+    return [binary("model-fetcher")], {**fetcher_env(source), "MODEL_CACHE_DIR": str(dest)}
 
 
 def publish(source: Source, local: Path, sign_key: Path | None = None) -> None:
@@ -98,7 +98,7 @@ def publish(source: Source, local: Path, sign_key: Path | None = None) -> None:
     url = f"s3://{source.bucket}/{source.prefix}"
     argv = [binary("model-fetcher"), "publish", str(local), url]
     argv += ["--sign-key", str(sign_key)] if sign_key else []
-    env = {**base_env(), **_fetcher_env(source)}
+    env = {**base_env(), **fetcher_env(source)}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-10:])
