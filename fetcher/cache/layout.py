@@ -5,6 +5,7 @@ DEST/.fetcher/state.json        what the fetcher placed (size, etag, xxh3, mtime
 DEST/.fetcher/manifest.json     the copy of the remote manifest the state was built from
 DEST/.fetcher/partial/<h>.part  a download in progress (never named *.safetensors)
 DEST/.fetcher/partial/<h>.json  its journal: etag, size, part size, finished parts
+DEST/.fetcher/partial/commits.log  renames into place not yet in the state (commits.py)
 DEST/.fetcher/lock, lease.json  one downloader per cache (lease.py)
 DEST/.fetcher/.<name>.*.tmp     a JSON file being replaced atomically
 """
@@ -29,6 +30,10 @@ class Layout:
     @property
     def partial_dir(self) -> Path:
         return self.meta / "partial"
+
+    @property
+    def commit_log(self) -> Path:
+        return self.partial_dir / "commits.log"
 
     @property
     def state_path(self) -> Path:

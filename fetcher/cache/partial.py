@@ -1,8 +1,9 @@
 """A download in progress: a preallocated `.part` file and the journal of its finished parts.
 
-The journal says which parts a previous run finished (resume), and, once the rename into place
-is under way, the final name (`committing`), so `Cache.recover` can find a file that was placed
-but never recorded.
+The journal says which parts a previous run finished (resume); a file of one part has none.
+A small file has no journal and no preallocation either: `write_whole` writes it at once.
+(Journals of earlier versions also named the final name once the rename was under way,
+`committing`; the commit log (commits.py) says that now, and `committed_rel` reads the old.)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import errno
 import json
 import os
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -18,10 +20,10 @@ from fetcher.cache import directio
 from fetcher.cache.oserrors import os_errors
 
 
-def _open_own_file(path: Path) -> int:
+def _open_own_file(path: Path, truncate: bool = False) -> int:
     """Open (or create) a file of ours for writing, never through a link planted in its place:
     it would point the model's bytes, and later its final name, outside the cache."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_TRUNC if truncate else 0)
     try:
         return os.open(path, flags, 0o644)
     except OSError as exc:
@@ -31,8 +33,27 @@ def _open_own_file(path: Path) -> int:
     return os.open(path, flags, 0o644)
 
 
+def write_whole(
+    path: Path, data: bytes | bytearray | memoryview, check: Callable[[], None]
+) -> None:
+    """A small file's partial file in one go (in a thread): written, fsynced, `check`ed
+    while its pages are still cached, then its page cache released."""
+    with os_errors("create partial file", path):
+        fd = _open_own_file(path, truncate=True)
+    try:
+        with os_errors("write", path):
+            directio.pwrite_all(fd, None, memoryview(data), 0)
+        with os_errors("fsync", path):
+            os.fsync(fd)
+        check()
+        with suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def committed_rel(journal: Path) -> str | None:
-    """The final name a journal's rename went to, if the rename happened."""
+    """The final name a legacy journal's rename went to, if the rename happened."""
     try:
         doc = json.loads(journal.read_text(encoding="utf-8"))
         rel = doc.get("committing")
@@ -57,10 +78,8 @@ class Partial:
         self.etag, self.size, self.part_size = etag, size, part_size
         self.fd, self.direct_fd = fd, direct_fd
         self.done: dict[int, str] = {}
-        self.committing: str | None = None  # the final name, once the rename is under way
-        # A one-part file has nothing to resume (a part is kept whole or not at all): its
-        # journal is written once, for the rename (`committing`). Two writes per file fewer,
-        # one of them on the event loop, for the small files of a compile cache (issue 14).
+        # A one-part file has nothing to resume (a part is kept whole or not at all): no
+        # journal. Writes per file fewer, one of them on the event loop (issue 14).
         self.resumable = size > part_size
 
     @classmethod
@@ -131,8 +150,6 @@ class Partial:
             "done": {str(k): v for k, v in self.done.items()},
             "written": time.time(),
         }
-        if self.committing is not None:
-            doc["committing"] = self.committing
         tmp = self.journal_path.with_suffix(".json.tmp")
         with os_errors("write", self.journal_path):
             tmp.write_text(json.dumps(doc), encoding="utf-8")

@@ -18,6 +18,7 @@ from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
+from fetcher.cache.commits import CommitLog
 from fetcher.cache.keys import safe_rel
 from fetcher.cache.layout import Layout
 from fetcher.cache.oserrors import cache_error, os_errors
@@ -44,6 +45,9 @@ class Cache:
         self._unsaved: list[Path] = []  # journals of files placed since the state was written
         self._renamed_in: set[Path] = set()  # their directories, fsynced once before the state
         self._saved_at = time.monotonic()
+        self.commits = CommitLog(self.layout.commit_log)
+        self._committing = 0  # renames logged and not yet in `state` (keep the log meanwhile)
+        self._parents: set[Path] = set()  # directories ensure_parent has checked this run
 
     def prepare(self) -> None:
         self._check_is_directory()
@@ -96,7 +100,9 @@ class Cache:
                 fsync_dir(directory)
         write_json_atomic(self.state_path, state.to_json())
         self._saved_at = time.monotonic()
-        # Crash point 4: state written, journals not yet removed: `recover` removes them.
+        # Crash point 4: state written, log and journals not yet removed: `recover` does it.
+        if self._committing == 0:  # else a rename logged now is not in this state yet
+            self.commits.clear()
         done, self._unsaved = self._unsaved, []
         for journal in done:
             with suppress(FileNotFoundError):
@@ -106,14 +112,18 @@ class Cache:
         return self.dest / safe_rel(rel)
 
     def ensure_parent(self, rel: str) -> Path:
-        """Create the parent directories of `rel`, never following a link out of DEST."""
+        """Create the parent directories of `rel`, never following a link out of DEST.
+        Each directory once per run: a compile cache puts thousands of files in a few."""
         path = self.final_path(rel)
+        if path.parent in self._parents:
+            return path
         with os_errors("create", path.parent):
             path.parent.mkdir(parents=True, exist_ok=True)
         root = os.path.realpath(self.dest)
         real = os.path.realpath(path.parent)
         if real != root and not real.startswith(root + os.sep):
             raise UnsafeKey(f"refusing {rel!r}: {path.parent} links outside the cache")
+        self._parents.add(path.parent)
         return path
 
     def is_present(self, rel: str, fs: FileState) -> bool:
@@ -137,6 +147,10 @@ class Cache:
     def open_partial(self, key: str, etag: str, size: int, part_size: int) -> Partial:
         return Partial.open(self._partial_base(key), etag, size, part_size, self.direct_io)
 
+    def small_partial(self, key: str) -> Path:
+        """The partial file of a small file, written whole (`partial.write_whole`)."""
+        return self._partial_base(key).with_suffix(".part")
+
     def partial_bytes(self, key: str) -> int:
         """Disk space the partial file of `key` holds already: a resumed or restarted download
         writes into it, so that space is not needed twice."""
@@ -149,56 +163,66 @@ class Cache:
     def _partial_base(self, key: str) -> Path:
         return self.layout.partial_base(key)
 
-    def place(self, partial: Partial, rel: str, fs: FileState, state: State) -> FileState:
+    def place(self, part: Path, rel: str, fs: FileState, state: State) -> FileState:
         """The whole commit of a verified, fsynced partial file (in a thread): its final name,
         then its record in `state`, written with others at most every _STATE_EVERY_S.
 
         Crash points, each repaired by the next run's `recover` (below):
-        1. before the journal says `committing`: an ordinary partial, resumed;
-        2. journal says `committing`, rename not done: still a partial (.part exists);
+        1. before the commit log names the file: an ordinary partial, resumed or fetched again;
+        2. logged, rename not done: still a partial (the .part exists);
         3. renamed (durable or not: its directory is fsynced just before the state write),
-           state not yet written: the journal names a file the state does not know, so it
-           is removed and fetched again (never served unrecorded);
-        4. state written, journal not yet removed: the journal is removed.
+           state not yet written: the log names a file the state does not know, so it is
+           removed and fetched again (never served unrecorded);
+        4. state written, log or journal not yet removed: they are removed.
         """
-        placed = replace(fs, mtime_ns=self.commit(partial, rel))
         with self._state_lock:
+            self._committing += 1
+        try:
+            mtime_ns = self.commit(part, rel)
+        except BaseException:
+            with self._state_lock:
+                self._committing -= 1
+            raise
+        placed = replace(fs, mtime_ns=mtime_ns)
+        with self._state_lock:
+            self._committing -= 1
             state.files[rel] = placed
             self._renamed_in.add(self.final_path(rel).parent)
-            self._unsaved.append(partial.journal_path)
+            self._unsaved.append(part.with_suffix(".json"))  # a multi-part file's journal
             due = time.monotonic() - self._saved_at >= _STATE_EVERY_S
             if due or len(self._unsaved) >= _STATE_EVERY_FILES:
                 self._save_locked(state)
         return placed
 
-    def commit(self, partial: Partial, rel: str) -> int:
+    def commit(self, part: Path, rel: str) -> int:
         """`place`'s rename: a finished partial file to its final name; returns its mtime_ns.
         Only `place` calls it (the crash tests stop the process right after it)."""
         path = self.ensure_parent(rel)
         with os_errors("move into place", path):
             if path.is_dir() and not path.is_symlink():
                 raise CacheError(f"refusing to replace {path}: it is a directory")
-            # Said in the journal first: a crash before the state records the file leaves a
-            # file of ours under a final name that only the journal knows (`recover`).
-            partial.committing = rel
-            partial.write_journal()
-            os.replace(partial.path, path)  # replaces a link itself, never what it points to
-            mtime_ns = os.stat(path).st_mtime_ns
-        partial.close()
-        return mtime_ns
+            # Logged first: a crash before the state records the file leaves a file of ours
+            # under a final name that only the log knows (`recover`).
+            with self._state_lock:
+                self.commits.add(rel, part)
+            os.replace(part, path)  # replaces a link itself, never what it points to
+            return os.stat(path).st_mtime_ns
 
     def recover(self, state: State) -> None:
         """After a crash between a rename into place and the state save (crash point 3 of
         `place`): the file is ours but unrecorded, so nothing would ever check or prune it.
-        It is removed (fetched again if the bucket still has it), and the journal with it."""
-        for journal in self.partial_dir.glob("*.json"):
-            rel = committed_rel(journal)
-            if rel is None:
-                continue
+        It is removed (fetched again if the bucket still has it), and the log with it."""
+        renamed = self.commits.renamed()
+        # Journals of versions before the commit log said `committing` themselves (a pod
+        # upgraded across a crash): still honoured.
+        legacy = {j: rel for j in self.partial_dir.glob("*.json") if (rel := committed_rel(j))}
+        for rel in [*renamed, *legacy.values()]:
             if rel not in state.files:
                 with suppress(OSError, UnsafeKey):
                     self.final_path(rel).unlink()
                 log.warning("commit_unrecorded", f"removed {rel}: placed but never recorded")
+        self.commits.clear()
+        for journal in legacy:
             with suppress(FileNotFoundError):
                 journal.unlink()
 

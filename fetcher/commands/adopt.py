@@ -32,7 +32,7 @@ async def adopt(jobs: list[Job], cache: Cache, recorded: set[str]) -> dict[str, 
     limit = asyncio.Semaphore(_HASHING)
 
     async def one(job: Job) -> None:
-        path = _present(cache, job.obj.rel)
+        path = present(cache, job.obj.rel)
         if path is None:
             return
         async with limit:
@@ -57,7 +57,8 @@ async def adopt(jobs: list[Job], cache: Cache, recorded: set[str]) -> dict[str, 
     return found
 
 
-def _present(cache: Cache, rel: str) -> Path | None:
+def present(cache: Cache, rel: str) -> Path | None:
+    """The regular file under `rel`'s final name, if there is one."""
     try:
         path = cache.final_path(rel)
         return path if stat.S_ISREG(os.lstat(path).st_mode) else None

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from fetcher.cache.state import write_json_atomic
 from fetcher.cache.store import Cache
@@ -15,17 +14,13 @@ from fetcher.errors import ManifestError, ObjectNotFound
 from fetcher.observe import log
 from fetcher.source.base import ControlPlane, RemoteObject
 from fetcher.tasks import run_all
-from fetcher.transfer.plan import Expected, Job
+from fetcher.transfer.plan import Expected, Job, s3_expected
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest
 
-# Full-object checksums we can recompute locally, best first. CRC32C needs a native library
-# we do not ship; an object with only that one is pinned by ETag and reported unverified.
-S3_ALGORITHMS = {"ChecksumSHA256": "sha256", "ChecksumSHA1": "sha1", "ChecksumCRC32": "crc32"}
 # A manifest holds ~36 bytes per part: 256 MiB is millions of parts, far beyond any model,
 # and keeps a stray multi-GB object under that name from being read into memory.
 MAX_MANIFEST = 256 << 20
 _HEADS_INFLIGHT = 16
-_COMPOSITE = re.compile(r"-\d+$")
 
 
 async def load_manifest(
@@ -118,8 +113,9 @@ def manifest_jobs(
     ]
 
 
-async def add_s3_checksums(src: ControlPlane, jobs: list[Job]) -> None:
-    """Without a manifest: ask S3 for full-object checksums of the files to download."""
+async def add_s3_checksums(src: ControlPlane, jobs: list[Job]) -> list[str]:
+    """Without a manifest: ask S3 (a HEAD each) for full-object checksums of the files to
+    download; returns the files that have none. (A small file's GET asks itself: small.py.)"""
     inflight = asyncio.Semaphore(_HEADS_INFLIGHT)
     unverified: list[str] = []
 
@@ -135,22 +131,16 @@ async def add_s3_checksums(src: ControlPlane, jobs: list[Job]) -> None:
             job.expected = expected
 
     await run_all(one(job) for job in jobs)
-    if unverified:
+    return unverified
+
+
+def warn_unverified(rels: list[str]) -> None:
+    """One warning for the files that neither a manifest nor S3's checksums vouched for."""
+    if rels:
         log.warning(
             "source_unverified",
-            f"{len(unverified)} files have no {MANIFEST_NAME} and no S3 checksum: "
+            f"{len(rels)} files have no {MANIFEST_NAME} and no S3 checksum: "
             "pinned by ETag and hashed locally, but the source is not verified",
-            files=len(unverified),
-            examples=sorted(unverified)[:20],
+            files=len(rels),
+            examples=sorted(rels)[:20],
         )
-
-
-def s3_expected(sums: Mapping[str, str]) -> Expected | None:
-    """The best full-object checksum among `sums` (HEAD's Checksum* fields), if any."""
-    for name, algo in S3_ALGORITHMS.items():
-        value = sums.get(name)
-        # "<base64>-<parts>" is a checksum of part checksums (a composite multipart upload),
-        # which servers may return without ChecksumType; it says nothing about the bytes.
-        if value and not _COMPOSITE.search(value):
-            return Expected(source=f"s3:{algo}", s3_algorithm=algo, s3_value=value)
-    return None

@@ -20,12 +20,13 @@ from fetcher.cache.readonly import incomplete_read_only, is_read_only
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
 from fetcher.cache.volume import warn_if_not_a_volume
-from fetcher.commands.adopt import adopt
+from fetcher.commands.adopt import adopt, present
 from fetcher.commands.expected import (
     add_s3_checksums,
     check_promised,
     load_manifest,
     manifest_jobs,
+    warn_unverified,
 )
 from fetcher.commands.pickles import refuse_pickles, warn_pickles
 from fetcher.commands.selection import (
@@ -55,6 +56,7 @@ from fetcher.source.factory import open_source
 from fetcher.source.registry.resolve import Resolved, resolve
 from fetcher.transfer.engine import Transfer
 from fetcher.transfer.plan import Job
+from fetcher.transfer.small import is_small
 from fetcher.verify.checks import check_model
 from fetcher.verify.formats import skipped_note
 from fetcher.verify.gguf import check_split_names
@@ -175,6 +177,7 @@ class Fetch:
         self.source: dict[str, str] = {}  # the state's record of what is served (served.py)
         self.verified: Verified | None = None
         self.filtered: set[str] = set()  # listed, left out by the include / exclude filters
+        self.unverified: list[str] = []  # fetched files neither a manifest nor S3 vouched for
 
     async def run(self) -> Outcome:
         if note := skipped_note(self.cfg.skip_format_checks):
@@ -200,7 +203,8 @@ class Fetch:
                 jobs = await self._jobs(src, listing)
                 plan = await make_plan(jobs, state, self.cache, self.cfg)
                 if not self.manifest and not self.verified and plan.fetch:
-                    await add_s3_checksums(src, plan.fetch)
+                    heads = [j for j in plan.fetch if self._needs_head(j)]
+                    self.unverified = await add_s3_checksums(src, heads)
                 self.source = source_record(self.cfg, self.resolved, self.manifest_sha256, jobs)
                 self.source |= self._signature_record()
                 await self._adopt(plan, state)
@@ -211,6 +215,12 @@ class Fetch:
                     raise
             self.metrics.model_info(info_labels(state.source))
             return Outcome(state, plan, resumed_bytes=self.resumed_bytes, cfg=self.cfg)
+
+    def _needs_head(self, job: Job) -> bool:
+        """S3's checksums by a HEAD: a large file's (its ranged GETs bring none), and a small
+        one's already on disk but not recorded (adopt proves it by them, with no GET)."""
+        small = is_small(job, self.cfg.part_size)
+        return not small or present(self.cache, job.obj.rel) is not None
 
     async def _resolve(self) -> None:
         """A registry URI to its s3:// location, at every start: an alias may have moved."""
@@ -389,6 +399,7 @@ class Fetch:
         async with progress:
             transfer = Transfer(self.cfg, src, self.cache, self.metrics, progress)
             await transfer.run(plan.fetch, state)
+        warn_unverified(self.unverified + transfer.unverified)
         self.resumed_bytes = progress.resumed_bytes
         skip, files = self.cfg.skip_format_checks, sorted(state.files)
         await asyncio.to_thread(check_filtered_shards, self.cfg.dest, files, self.filtered)

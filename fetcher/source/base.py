@@ -75,6 +75,20 @@ def full_object_checksums(
     return {name: value for name, value in values.items() if value}
 
 
+# The header that asks S3 for an object's checksums (HEAD, and a whole-object GET).
+CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
+
+
+def header_checksums(headers: Mapping[str, str]) -> dict[str, str]:
+    """The full-object checksums in a HEAD's or a whole-object GET's headers (names in lower
+    case), by S3's field name: one reading for the control plane and the byte path."""
+    found = {
+        name: headers.get(f"x-amz-checksum-{algo}", "") for algo, name in CHECKSUM_NAMES.items()
+    }
+    kind = headers.get("x-amz-checksum-type")
+    return full_object_checksums(found, kind, headers.get("etag", ""))
+
+
 def with_key_source(exc: FetchError, cfg: Config) -> FetchError:
     """A wrong-key answer names where the keys came from (variable names only, never values),
     so the message says which Secret to fix."""
@@ -115,8 +129,11 @@ class ControlPlane(Protocol):
     ) -> bytes: ...
 
     async def presign_get(
-        self, key: str, expires: int = 3600, version_id: str | None = None
-    ) -> str: ...
+        self, key: str, expires: int = 3600, version_id: str | None = None, checksums: bool = False
+    ) -> str:
+        """A GET URL valid alone for `expires` s; with `checksums` it is signed for
+        CHECKSUM_MODE, which the request must then send."""
+        ...
 
 
 async def list_model(src: ControlPlane, prefix: str) -> list[RemoteObject]:

@@ -190,11 +190,13 @@ class Source:
             raise self._map(exc, f"get s3://{self.bucket}/{key}") from exc
 
     async def presign_get(
-        self, key: str, expires: int = 3600, version_id: str | None = None
+        self, key: str, expires: int = 3600, version_id: str | None = None, checksums: bool = False
     ) -> str:
         params = {"Bucket": self.bucket, "Key": key}
         if version_id:
             params["VersionId"] = version_id
+        if checksums:  # botocore signs it as the x-amz-checksum-mode header (CHECKSUM_MODE)
+            params["ChecksumMode"] = "ENABLED"
         try:
             url: str = await self._client.generate_presigned_url(
                 "get_object", Params=params, ExpiresIn=expires

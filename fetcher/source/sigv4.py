@@ -28,10 +28,10 @@ from fetcher.errors import (
     TransientSourceError,
 )
 from fetcher.source.base import (
-    CHECKSUM_NAMES,
+    CHECKSUM_MODE,
     ObjectHead,
     RemoteObject,
-    full_object_checksums,
+    header_checksums,
     listed_object,
     nonempty,
     with_key_source,
@@ -152,21 +152,15 @@ class SignedSource:
         return {k.lower(): v for k, v in found.items()}
 
     async def head(self, key: str, *, checksums: bool = False) -> ObjectHead | None:
-        mode = {"x-amz-checksum-mode": "ENABLED"} if checksums else None
         try:
-            lower = await self._head(key, mode)
+            lower = await self._head(key, CHECKSUM_MODE if checksums else None)
         except ObjectNotFound:
             return None
-        found = {
-            name: lower.get(f"x-amz-checksum-{algo}", "") for algo, name in CHECKSUM_NAMES.items()
-        }
         return ObjectHead(
             size=int(lower.get("content-length", "0")),
             etag=lower.get("etag", ""),
             metadata=_user_metadata(lower),
-            checksums=full_object_checksums(
-                found, lower.get("x-amz-checksum-type"), lower.get("etag", "")
-            ),
+            checksums=header_checksums(lower),
             version_id=lower.get("x-amz-version-id") or None,
         )
 
@@ -179,12 +173,13 @@ class SignedSource:
         return body
 
     async def presign_get(
-        self, key: str, expires: int = 3600, version_id: str | None = None
+        self, key: str, expires: int = 3600, version_id: str | None = None, checksums: bool = False
     ) -> str:
         url = self._url(key, _version(version_id))
         if self.creds is None:
             return url
-        return presign(self.creds, self.cfg.region, url, expires)
+        headers = CHECKSUM_MODE if checksums else None
+        return presign(self.creds, self.cfg.region, url, expires, headers=headers)
 
 
 def _version(version_id: str | None) -> dict[str, str] | None:

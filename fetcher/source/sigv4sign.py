@@ -10,6 +10,7 @@ SeaweedFS tests exercise it end to end.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -77,24 +78,32 @@ def sign_headers(
 
 
 def presign(
-    creds: Credentials, region: str, url: str, expires: int, now: float | None = None
+    creds: Credentials,
+    region: str,
+    url: str,
+    expires: int,
+    now: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> str:
-    """`url` (a GET) with the query parameters that make it valid alone for `expires` s."""
+    """`url` (a GET) with the query parameters that make it valid alone for `expires` s;
+    `headers` are signed too, so the request must send them as given (x-amz-checksum-mode:
+    S3 rejects an unsigned x-amz-* header on a presigned URL)."""
     stamp = _stamp(now)
     parts = urlsplit(url)
+    signed = {"host": _host(parts), **{k.lower(): v for k, v in (headers or {}).items()}}
     auth = {
         "X-Amz-Algorithm": _ALGORITHM,
         "X-Amz-Credential": f"{creds.access_key}/{_scope(stamp, region)}",
         "X-Amz-Date": stamp,
         "X-Amz-Expires": str(expires),
-        "X-Amz-SignedHeaders": "host",
+        "X-Amz-SignedHeaders": ";".join(sorted(signed)),
     }
     if creds.token is not None:
         auth["X-Amz-Security-Token"] = creds.token
     # The operation's own parameters first, then the auth ones, each encoded as botocore does.
     pairs = [*parse_qsl(parts.query, keep_blank_values=True), *auth.items()]
     query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
-    canonical = _canonical("GET", parts, query, {"host": _host(parts)}, "UNSIGNED-PAYLOAD")
+    canonical = _canonical("GET", parts, query, signed, "UNSIGNED-PAYLOAD")
     signature = _signature(creds, region, stamp, canonical)
     base = f"{parts.scheme}://{parts.netloc}{parts.path}"
     return f"{base}?{query}&X-Amz-Signature={signature}"
@@ -120,10 +129,18 @@ def _canonical(
 def _signature(creds: Credentials, region: str, stamp: str, canonical: str) -> str:
     digest = hashlib.sha256(canonical.encode()).hexdigest()
     to_sign = f"{_ALGORITHM}\n{stamp}\n{_scope(stamp, region)}\n{digest}"
-    key = f"AWS4{creds.secret_key}".encode()
-    for part in (stamp[:8], region, "s3", "aws4_request"):
-        key = hmac.digest(key, part.encode(), "sha256")
+    key = _signing_key(creds.secret_key, stamp[:8], region)
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _signing_key(secret: str, day: str, region: str) -> bytes:
+    """The day's derived key: four HMACs once a day, not per presigned URL (a many-file
+    fetch presigns one URL per object)."""
+    key = f"AWS4{secret}".encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    return key
 
 
 def _scope(stamp: str, region: str) -> str:

@@ -28,10 +28,12 @@ from fetcher.observe.metrics import Metrics
 from fetcher.observe.progress import Progress
 from fetcher.source.base import ControlPlane, RemoteObject
 from fetcher.tasks import run_all
+from fetcher.transfer import small
 from fetcher.transfer.http import RangeGetter
 from fetcher.transfer.outage import SourceHealth
 from fetcher.transfer.parts import Part, PartDownloader, PartTask, plan_parts, split_digest
-from fetcher.transfer.plan import Expected, Job
+from fetcher.transfer.plan import Expected, Job, s3_expected
+from fetcher.transfer.small import is_small
 from fetcher.transfer.workers import WorkerPool
 from fetcher.verify.checks import check_file
 from fetcher.verify.hashes import FileDigests, composite_xxh3, sha256_range, xxh3_range
@@ -48,7 +50,7 @@ class Transfer:
         self.inflight = asyncio.Semaphore(cfg.concurrency)
         # Bounds open partial files (fds, preallocated space) without slowing the parts.
         self.files_open = asyncio.Semaphore(max(4, cfg.concurrency))
-        self._urls: dict[str, tuple[str, float]] = {}
+        self._urls: dict[tuple[str, bool], tuple[str, float]] = {}
         self._versions: dict[str, str] = {}  # key -> the pinned S3 VersionId (issue 15)
         self.hooks = MetricsHooks(metrics, progress)
         # Exactly one of the two byte paths: worker processes, or a getter in this process
@@ -56,23 +58,22 @@ class Transfer:
         self.pool: WorkerPool | None = None
         self.getter: RangeGetter | None = None
         self.parts: PartDownloader | None = None
+        # Small files whose GET brought no S3 checksum either (the caller warns once).
+        self.unverified: list[str] = []
 
     async def run(self, jobs: list[Job], state: State) -> None:
         """Fetch every job; each verified file is placed and recorded in `state` (whose
         writes `Cache.place` batches: the caller saves it once at the end)."""
         self._versions = {j.obj.key: j.obj.version_id for j in jobs if j.obj.version_id}
+        small = [j for j in jobs if is_small(j, self.cfg.part_size)]
+        large = sorted((j for j in jobs if not is_small(j, self.cfg.part_size)), key=_size)
         try:
-            if self.cfg.workers > 1 and jobs:
+            if self.cfg.workers > 1 and large:
                 self.pool = await WorkerPool.start(self.cfg, self.hooks)
-            else:
-                self.getter = make_getter(self.cfg, self.cfg.concurrency)
-                health = SourceHealth(self.cfg.outage_tolerance, self.hooks.on_source)
-                self.parts = PartDownloader(
-                    self.getter, self.inflight, self.cfg.retries, self._url, self.hooks, health
-                )
-            # Small files first: config and tokenizer land at once; parts are served in order.
-            ordered = sorted(jobs, key=lambda job: job.obj.size)
-            await run_all(self._fetch_file(job, state) for job in ordered)
+            # Small files first, all of them: config and tokenizer land at once, and the small
+            # files' GETs (always this process's own) never add to the workers' requests.
+            await run_all(self._fetch_file(job, state) for job in sorted(small, key=_size))
+            await run_all(self._fetch_file(job, state) for job in large)
         except BaseException:
             if self.pool is not None:
                 await self.pool.close(abort=True)
@@ -101,7 +102,46 @@ class Transfer:
         self.metrics.files["downloaded"].inc()
         self.progress.file_done(job.obj.rel, job.obj.size)
 
+    def _local(self) -> PartDownloader:
+        """The byte path in this process, built on first use (with https it loads the CA
+        bundle): every small file, and every part when there are no worker processes."""
+        if self.parts is None:
+            self.getter = make_getter(self.cfg, self.cfg.concurrency)
+            health = SourceHealth(self.cfg.outage_tolerance, self.hooks.on_source)
+            self.parts = PartDownloader(
+                self.getter, self.inflight, self.cfg.retries, self._url, self.hooks, health
+            )
+        return self.parts
+
+    async def _fetch_small(self, job: Job, state: State) -> None:
+        """A small file whole, in one GET (small.py); S3's checksums come with it when
+        nothing else vouches for the bytes (no manifest, no signature: no HEAD was made)."""
+        obj, want = job.obj, job.expected
+        body = bytearray(obj.size)
+        view = memoryview(body)
+
+        def write(data: memoryview, offset: int) -> None:
+            view[offset : offset + len(data)] = data
+
+        ask = want.source == "none"
+        found: dict[str, str] = {}
+        task = self._task(job, Part(0, 0, obj.size - 1), checksums=ask)
+        xxh3, _ = split_digest(await self._local().download(task, write, found))
+        if ask:
+            want = s3_expected(found) or want
+            if want.source == "none":
+                self.unverified.append(obj.rel)
+        skip = self.cfg.skip_format_checks
+        try:
+            await asyncio.to_thread(small.finish, self.cache, obj, want, body, xxh3, skip, state)
+        except ChecksumMismatch:
+            self.metrics.checksum_failures.inc()
+            raise
+
     async def _fetch_version(self, job: Job, state: State) -> None:
+        if is_small(job, self.cfg.part_size):
+            await self._fetch_small(job, state)
+            return
         obj = job.obj
         part_size = job.expected.part_size or self.cfg.part_size
         # Threads: posix_fallocate is emulated with a write per block where the file system
@@ -120,7 +160,7 @@ class Transfer:
             digest, s3_sum = await whole.result() if whole else _from_parts(job, partial, every)
             await asyncio.to_thread(_sync_and_release, partial)
             try:
-                _check_whole(job, digest, s3_sum)
+                job.expected.check(obj.rel, digest, s3_sum)
             except ChecksumMismatch:
                 self.metrics.checksum_failures.inc()
                 raise
@@ -130,7 +170,8 @@ class Transfer:
             await asyncio.to_thread(check_file, partial.path, obj.rel, skip)
             composite = None if whole or job.expected.xxh3 else part_size
             fs = FileState(obj.size, obj.etag, digest, 0, job.expected.source, composite)
-            await asyncio.to_thread(self.cache.place, partial, obj.rel, fs, state)
+            partial.close()
+            await asyncio.to_thread(self.cache.place, partial.path, obj.rel, fs, state)
         except IntegrityError:
             partial.discard()  # bad or mixed bytes are never resumed
             raise
@@ -203,9 +244,17 @@ class Transfer:
             await whole.advance()
 
     async def _download_part(self, job: Job, part: Part, partial: Partial) -> str:
+        task = self._task(job, part)
+        if self.pool is None:
+            return await self._local().download(task, partial.pwrite)
+        return await self.pool.download(task, partial.path, await self._url(job.obj.key))
+
+    def _task(self, job: Job, part: Part, checksums: bool = False) -> PartTask:
         obj, want = job.obj, job.expected
         signed = want.sha256_parts[part.index] if want.sha256_parts else None
-        task = PartTask(
+        # A one-part file's digest is its whole file's: the manifest's xxh3 holds for it.
+        whole = want.xxh3 if part.start == 0 and part.end == obj.size - 1 else None
+        return PartTask(
             obj.key,
             obj.rel,
             obj.etag,
@@ -214,21 +263,19 @@ class Transfer:
             part.start,
             part.end,
             sha256=signed is not None,
-            want_xxh3=want.parts[part.index] if want.parts else None,
+            want_xxh3=want.parts[part.index] if want.parts else whole,
             want_sha256=signed,
+            checksums=checksums,
         )
-        if self.pool is None:
-            assert self.parts is not None  # built in run() whenever there is no pool
-            return await self.parts.download(task, partial.pwrite)
-        return await self.pool.download(task, partial.path, await self._url(obj.key))
 
-    async def _url(self, key: str) -> str:
-        cached = self._urls.get(key)
+    async def _url(self, key: str, checksums: bool = False) -> str:
+        cached = self._urls.get((key, checksums))
         now = time.monotonic()
         if cached and now - cached[1] < _URL_TTL:
             return cached[0]
-        url = await self.source.presign_get(key, version_id=self._versions.get(key))
-        self._urls[key] = (url, now)
+        version = self._versions.get(key)
+        url = await self.source.presign_get(key, version_id=version, checksums=checksums)
+        self._urls[(key, checksums)] = (url, now)
         return url
 
 
@@ -294,12 +341,8 @@ def _sync_and_release(partial: Partial) -> None:
     partial.drop_page_cache()
 
 
-def _check_whole(job: Job, digest: str, s3_sum: str | None) -> None:
-    want = job.expected
-    if want.xxh3 is not None and digest != want.xxh3:
-        raise ChecksumMismatch(job.obj.rel, want.xxh3, digest)
-    if want.s3_value is not None and s3_sum != want.s3_value:
-        raise ChecksumMismatch(job.obj.rel, f"{want.s3_algorithm} {want.s3_value}", str(s3_sum))
+def _size(job: Job) -> int:
+    return job.obj.size
 
 
 def make_getter(cfg: Config, limit: int) -> RangeGetter:

@@ -27,10 +27,18 @@ class RangeRequest:
     start: int
     end: int  # inclusive; for a zero-byte object, start=0 and end=-1 (no Range header)
     size: int  # the whole object's size, checked against Content-Range
+    # Ask for S3's full-object checksums (the URL is signed for the header): S3 sends them
+    # only for a GET of the whole object without Range, so such a GET sends none.
+    checksums: bool = False
 
     @property
     def length(self) -> int:
         return self.end - self.start + 1
+
+    @property
+    def ranged(self) -> bool:
+        whole = self.start == 0 and self.end == self.size - 1
+        return self.size > 0 and not (self.checksums and whole)
 
 
 def request_bytes(req: RangeRequest, via: Proxy | None = None) -> bytes:
@@ -41,7 +49,9 @@ def request_bytes(req: RangeRequest, via: Proxy | None = None) -> bytes:
     lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", f"If-Match: {req.etag}"]
     if via is not None and via.authorization:
         lines.append(f"Proxy-Authorization: {via.authorization}")
-    if req.size:
+    if req.checksums:
+        lines.append("x-amz-checksum-mode: ENABLED")
+    if req.ranged:
         lines.append(f"Range: bytes={req.start}-{req.end}")
     lines += ["User-Agent: model-fetcher", "Accept-Encoding: identity", "", ""]
     return "\r\n".join(lines).encode("latin-1")

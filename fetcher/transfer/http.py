@@ -26,6 +26,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 from fetcher.errors import FetchError, RangeMismatch, TransientSourceError
+from fetcher.source.base import header_checksums
 from fetcher.source.proxy import DIRECT, Proxy, ProxyRules
 from fetcher.source.s3errors import s3_error_from_body
 from fetcher.tls import DEFAULT_HINT, tls_context, tls_failure
@@ -85,6 +86,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.keep_alive = True
         self.status = 0
         self.headers: dict[str, str] = {}
+        self.found: dict[str, str] | None = None  # gets S3's checksums, if the request asks
 
     # -- asyncio protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,9 +126,13 @@ class _Conn(asyncio.BufferedProtocol):
             self.out.after_write(partial(self._flush_and_fail, lost))
 
     # -- request ---------------------------------------------------------------------
-    async def request(self, req: RangeRequest, sink: Sink) -> None:
+    async def request(
+        self, req: RangeRequest, sink: Sink, found: dict[str, str] | None = None
+    ) -> None:
+        """The body into `sink`; S3's full-object checksums into `found` as soon as the head
+        arrives, if `req` asks for them (kept even if the body then fails)."""
         assert self.transport is not None
-        self.req, self.state = req, ConnState.HEAD
+        self.req, self.state, self.found = req, ConnState.HEAD, found
         self.out.start(sink, req.start)
         if self.paused and not self.closed:
             self.paused = False
@@ -186,6 +192,8 @@ class _Conn(asyncio.BufferedProtocol):
     def _start_body(self) -> None:
         assert self.req is not None
         check_range(self.req, self.status, self.headers)
+        if self.req.checksums and self.found is not None:
+            self.found.update(header_checksums(self.headers))
         self.remaining = self.req.length if self.req.size else 0
         self.state = ConnState.BODY
         if self.pos > self.remaining:
@@ -323,10 +331,11 @@ class RangeGetter:
         # pwrite and the part hash release the GIL: threads overlap them with socket reads.
         self.writer = ThreadPoolExecutor(max_workers=min(limit, 8), thread_name_prefix="write")
 
-    async def get(self, req: RangeRequest, sink: Sink) -> None:
+    async def get(self, req: RangeRequest, sink: Sink, found: dict[str, str] | None = None) -> None:
+        """The requested bytes into `sink`; S3's checksums into `found` if `req` asks."""
         conn = await self._acquire(req.url)
         try:
-            await conn.request(req, sink)
+            await conn.request(req, sink, found)
         except BaseException:
             self._discard(conn)
             raise

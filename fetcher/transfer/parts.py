@@ -75,6 +75,7 @@ class PartTask:
     sha256: bool = False  # also hash sha256: a signed model's .model-parts.sig (issue 12)
     want_xxh3: str | None = None  # the manifest's digest of this part, if any
     want_sha256: str | None = None  # the signature's digest of this part, if any
+    checksums: bool = False  # ask S3 for the object's checksums (a whole-object GET)
 
     @property
     def length(self) -> int:
@@ -109,19 +110,24 @@ class PartDownloader:
         getter: RangeGetter,
         inflight: asyncio.Semaphore,
         retries: int,
-        url: Callable[[str], Awaitable[str]],
+        url: Callable[[str, bool], Awaitable[str]],
         hooks: Hooks,
         health: SourceHealth,
     ) -> None:
         self.getter, self.inflight, self.retries = getter, inflight, retries
         self.url, self.hooks, self.health = url, hooks, health
 
-    async def download(self, task: PartTask, write: Write) -> str:
+    async def download(
+        self, task: PartTask, write: Write, checksums: dict[str, str] | None = None
+    ) -> str:
         """The part into `write`, its bytes as expected; returns its xxh3-128, or
-        "<xxh3>/<sha256>" when the task asks for sha256 too (see `split_digest`)."""
+        "<xxh3>/<sha256>" when the task asks for sha256 too (see `split_digest`). With
+        `task.checksums`, S3's checksums of the object are put in `checksums` (a retry that
+        resumes mid-part is ranged and gets none: the first answer's are kept)."""
+        seen = {} if checksums is None else checksums
         failures = 0
         while True:
-            digest = await self._fetch(task, write)
+            digest = await self._fetch(task, write, seen)
             xxh3, sha256 = split_digest(digest)
             if task.want_xxh3 in (None, xxh3) and task.want_sha256 in (None, sha256):
                 return digest
@@ -139,7 +145,7 @@ class PartDownloader:
                 want, got = (task.want_xxh3, xxh3) if bad_xxh3 else (task.want_sha256, sha256)
                 raise ChecksumMismatch(task.rel, str(want), str(got), what=f"part {task.index} of")
 
-    async def _fetch(self, task: PartTask, write: Write) -> str:
+    async def _fetch(self, task: PartTask, write: Write, seen: dict[str, str]) -> str:
         """One pass over the part, retrying transient failures from the byte they stopped at."""
         hasher = xxhash.xxh3_128()
         sha = hashlib.sha256() if task.sha256 else None
@@ -167,7 +173,7 @@ class PartDownloader:
             if task.size and task.start + got > task.end:
                 return digest()  # every byte landed before the error was seen
             try:
-                await self._request(task, task.start + got, sink)
+                await self._request(task, task.start + got, sink, seen)
                 self.health.ok()
                 return digest()
             except (TransientSourceError, RangeMismatch) as exc:
@@ -188,15 +194,16 @@ class PartDownloader:
                 if not outage:  # while down, the shared probe's backoff does the waiting
                     await asyncio.sleep(backoff(attempts))
 
-    async def _request(self, task: PartTask, start: int, sink: Write) -> None:
+    async def _request(self, task: PartTask, start: int, sink: Write, seen: dict[str, str]) -> None:
         # The turn before the semaphore: parts waiting out an outage hold no request slot.
         async with self.health.turn(), self.inflight:
-            url = await self.url(task.key)
-            req = RangeRequest(url, task.rel, task.etag, start, task.end, task.size)
+            url = await self.url(task.key, task.checksums)
+            req = RangeRequest(url, task.rel, task.etag, start, task.end, task.size, task.checksums)
             self.hooks.on_inflight(1)
             began = time.monotonic()
             try:
-                await self.getter.get(req, sink)
+                # A resumed, ranged request brings no checksums: the first answer's stay.
+                await self.getter.get(req, sink, None if seen else seen)
             finally:
                 self.hooks.on_inflight(-1)
                 self.hooks.on_request(time.monotonic() - began)

@@ -283,8 +283,8 @@ async def _serve(settings: dict[str, Any]) -> None:
     inflight = asyncio.Semaphore(settings["limit"])
     urls: dict[str, str] = {}
 
-    async def url_for(key: str) -> str:
-        return urls[key]
+    async def url_for(key: str, checksums: bool) -> str:
+        return urls[key]  # the parent presigned it (workers get no whole-object GETs)
 
     hooks = _PipeHooks()
     # Each worker process keeps its own outage state (its parts share it): one probe per

@@ -169,5 +169,12 @@ class _Crc32:
         return self.value.to_bytes(4, "big")
 
 
+def s3_checksum(algorithm: str, data: bytes | bytearray | memoryview) -> str:
+    """S3's checksum `algorithm` of bytes in memory (a small file's body), base64 as S3 sends."""
+    hasher = _s3_hasher(algorithm)
+    hasher.update(data)
+    return base64.b64encode(hasher.digest()).decode()
+
+
 def _s3_hasher(algorithm: str) -> Any:
     return _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)

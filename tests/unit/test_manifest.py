@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from fetcher.commands.expected import manifest_jobs, s3_expected
+from fetcher.commands.expected import manifest_jobs
 from fetcher.commands.publish import local_files, upload_part_size
 from fetcher.errors import EXIT_INTEGRITY, CacheError, IntegrityError, UnsafeKey
 from fetcher.source.base import RemoteObject
+from fetcher.transfer.plan import s3_expected
 from fetcher.verify.hashes import part_hashes
 from fetcher.verify.manifest import MANIFEST_NAME, Manifest, ManifestError, ManifestFile
 

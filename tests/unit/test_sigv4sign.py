@@ -75,13 +75,19 @@ def test_headers_match_botocore(
 @pytest.mark.parametrize("key", KEYS[:2])
 @pytest.mark.parametrize("query", [None, QUERIES[3]])
 @pytest.mark.parametrize("expires", [1, 3600, 604800])
+@pytest.mark.parametrize("headers", [{}, {"x-amz-checksum-mode": "ENABLED"}])
 def test_presigned_url_matches_botocore(
-    creds: Credentials, endpoint: str, key: str, query: dict[str, str] | None, expires: int
+    creds: Credentials,
+    endpoint: str,
+    key: str,
+    query: dict[str, str] | None,
+    expires: int,
+    headers: dict[str, str],
 ) -> None:
     url = _url(endpoint, key, query)
-    req = AWSRequest(method="GET", url=url)
+    req = AWSRequest(method="GET", url=url, headers=dict(headers))
     S3SigV4QueryAuth(creds, "s3", "us-east-1", expires=expires).add_auth(req)
-    assert presign(creds, "us-east-1", url, expires, now=NOW) == req.url
+    assert presign(creds, "us-east-1", url, expires, now=NOW, headers=headers) == req.url
 
 
 def test_a_different_secret_changes_the_signature() -> None:
