@@ -56,6 +56,19 @@ def _rclone(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], 
 TOOLS: dict[str, Command] = {"model-fetcher": _fetcher, "s5cmd": _s5cmd, "rclone": _rclone}
 
 
+def _baseline(tree: Path) -> Command:
+    """model-fetcher from another checkout (e.g. `git worktree add /tmp/orig <rev>`), in the
+    same run: a before/after pair measured side by side on this noisy machine."""
+
+    def command(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
+        # The console script, not `python -m`: that would put the working directory (this
+        # checkout) before PYTHONPATH.
+        argv, env = _fetcher(server, prefix, dest)
+        return argv, {**env, "PYTHONPATH": str(tree)}
+
+    return command
+
+
 def upload(server: SeaweedServer, prefix: str, files: int, size: int) -> None:
     s3 = boto3_client(server)
     body = os.urandom(size)
@@ -111,7 +124,10 @@ def main() -> None:
     ap.add_argument("--files", type=int, nargs="+", default=[1000])
     ap.add_argument("--file-size", type=int, default=64 * 1024)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, help="a checkout of an earlier model-fetcher")
     args = ap.parse_args()
+    if args.baseline:
+        TOOLS["model-fetcher baseline"] = _baseline(args.baseline.resolve())
     work = Path(tempfile.mkdtemp(prefix="bench-files-"))
     server = start_temporary()
     rows = []

@@ -69,8 +69,11 @@ def write_json_atomic(path: Path, doc: object) -> None:
     with os_errors("write", path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            # One write of a compact encoding: json.dump with indent runs the pure-Python
+            # encoder and writes token by token (3000 files: 93 000 writes, 0.57 s of a
+            # 10 s profile); compact, the C encoder takes ~6 ms for those 600 KB (issue 14).
             with open(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=1, sort_keys=True)
+                fh.write(json.dumps(doc, sort_keys=True))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
