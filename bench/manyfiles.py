@@ -125,10 +125,16 @@ def main() -> None:
     ap.add_argument("--file-size", type=int, default=64 * 1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="a checkout of an earlier model-fetcher")
+    ap.add_argument(
+        "--dest",
+        type=Path,
+        help="where the tools write (default: a temporary directory); e.g. a journaled ext4 "
+        "mount like a PVC's, where fsync and inode allocation cost what they cost there",
+    )
     args = ap.parse_args()
     if args.baseline:
         TOOLS["model-fetcher baseline"] = _baseline(args.baseline.resolve())
-    work = Path(tempfile.mkdtemp(prefix="bench-files-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-files-", dir=args.dest))
     server = start_temporary()
     rows = []
     try:

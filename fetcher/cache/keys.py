@@ -6,8 +6,12 @@ here, so a key refused in one place is refused in all.
 
 from __future__ import annotations
 
+import re
+
 from fetcher.cache.layout import META_DIR
 from fetcher.errors import UnsafeKey
+
+_CONTROL = re.compile(r"[\x00-\x1f]")  # asked per file several times: not a loop over chars
 
 
 def safe_rel(rel: str) -> str:
@@ -19,7 +23,7 @@ def safe_rel(rel: str) -> str:
 
 def unsafe_reason(rel: str) -> str | None:
     """What is wrong with `rel` as a path under DEST, or None."""
-    if any(ord(c) < 32 for c in rel):
+    if _CONTROL.search(rel):
         return "it contains a control character"
     parts = rel.split("/")
     if not rel:

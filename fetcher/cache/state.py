@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,15 @@ class State:
     last_fetch: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["version"] = STATE_VERSION
-        return doc
+        # Not dataclasses.asdict: its recursive deep copy took 22 ms for 3000 files, on
+        # every rewrite during a fetch. The fields are flat values.
+        return {
+            "files": {rel: dict(vars(fs)) for rel, fs in self.files.items()},
+            "source": dict(self.source),
+            "complete": self.complete,
+            "last_fetch": dict(self.last_fetch),
+            "version": STATE_VERSION,
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> State:

@@ -30,8 +30,11 @@ from fetcher.observe import log
 # The state is rewritten at most this often while files are placed (and always at the end):
 # rewriting and fsyncing all of state.json after every file made a many-file model quadratic
 # (3000 files of 64 KiB: 77 s, 65 s of it CPU; issue 14). Files placed since the last write are
-# still named by their journals, so a crash in between is repaired by `recover`.
-_STATE_EVERY_S, _STATE_EVERY_FILES = 0.2, 512
+# still named by the commit log, so a crash in between is repaired by `recover`. A rewrite
+# costs time in proportion to the files recorded, so the interval grows with it: at least
+# _STATE_COST_RATIO times the last rewrite took, keeping rewrites near 5 % of the fetch at any
+# file count (a fixed 0.2 s or 512 files was 25 rewrites of up to 35 ms for 3000 files).
+_STATE_EVERY_S, _STATE_COST_RATIO = 0.2, 20
 
 
 class Cache:
@@ -45,6 +48,7 @@ class Cache:
         self._unsaved: list[Path] = []  # journals of files placed since the state was written
         self._renamed_in: set[Path] = set()  # their directories, fsynced once before the state
         self._saved_at = time.monotonic()
+        self._save_every = _STATE_EVERY_S
         self.commits = CommitLog(self.layout.commit_log)
         self._committing = 0  # renames logged and not yet in `state` (keep the log meanwhile)
         self._parents: set[Path] = set()  # directories ensure_parent has checked this run
@@ -98,8 +102,10 @@ class Cache:
         for directory in dirs:
             with os_errors("fsync", directory):
                 fsync_dir(directory)
+        began = time.monotonic()
         write_json_atomic(self.state_path, state.to_json())
         self._saved_at = time.monotonic()
+        self._save_every = max(_STATE_EVERY_S, _STATE_COST_RATIO * (self._saved_at - began))
         # Crash point 4: state written, log and journals not yet removed: `recover` does it.
         if self._committing == 0:  # else a rename logged now is not in this state yet
             self.commits.clear()
@@ -163,9 +169,11 @@ class Cache:
     def _partial_base(self, key: str) -> Path:
         return self.layout.partial_base(key)
 
-    def place(self, part: Path, rel: str, fs: FileState, state: State) -> FileState:
+    def place(
+        self, part: Path, rel: str, fs: FileState, state: State, journal: Path | None = None
+    ) -> FileState:
         """The whole commit of a verified, fsynced partial file (in a thread): its final name,
-        then its record in `state`, written with others at most every _STATE_EVERY_S.
+        then its record in `state`, written with others at most every `_save_every` s.
 
         Crash points, each repaired by the next run's `recover` (below):
         1. before the commit log names the file: an ordinary partial, resumed or fetched again;
@@ -178,7 +186,7 @@ class Cache:
         with self._state_lock:
             self._committing += 1
         try:
-            mtime_ns = self.commit(part, rel)
+            path, mtime_ns = self.commit(part, rel)
         except BaseException:
             with self._state_lock:
                 self._committing -= 1
@@ -187,26 +195,28 @@ class Cache:
         with self._state_lock:
             self._committing -= 1
             state.files[rel] = placed
-            self._renamed_in.add(self.final_path(rel).parent)
-            self._unsaved.append(part.with_suffix(".json"))  # a multi-part file's journal
-            due = time.monotonic() - self._saved_at >= _STATE_EVERY_S
-            if due or len(self._unsaved) >= _STATE_EVERY_FILES:
+            self._renamed_in.add(path.parent)
+            if journal is not None:  # a multi-part file's, removed once the state is written
+                self._unsaved.append(journal)
+            if time.monotonic() - self._saved_at >= self._save_every:
                 self._save_locked(state)
         return placed
 
-    def commit(self, part: Path, rel: str) -> int:
-        """`place`'s rename: a finished partial file to its final name; returns its mtime_ns.
+    def commit(self, part: Path, rel: str) -> tuple[Path, int]:
+        """`place`'s rename: a finished partial file to its final name; returns that path and
+        its mtime_ns.
         Only `place` calls it (the crash tests stop the process right after it)."""
         path = self.ensure_parent(rel)
         with os_errors("move into place", path):
-            if path.is_dir() and not path.is_symlink():
-                raise CacheError(f"refusing to replace {path}: it is a directory")
             # Logged first: a crash before the state records the file leaves a file of ours
             # under a final name that only the log knows (`recover`).
             with self._state_lock:
                 self.commits.add(rel, part)
-            os.replace(part, path)  # replaces a link itself, never what it points to
-            return os.stat(path).st_mtime_ns
+            try:
+                os.replace(part, path)  # replaces a link itself, never what it points to
+            except IsADirectoryError:  # asked of rename, not by a stat per file beforehand
+                raise CacheError(f"refusing to replace {path}: it is a directory") from None
+            return path, os.stat(path).st_mtime_ns
 
     def recover(self, state: State) -> None:
         """After a crash between a rename into place and the state save (crash point 3 of

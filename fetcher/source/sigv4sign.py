@@ -91,39 +91,57 @@ def presign(
     stamp = _stamp(now)
     parts = urlsplit(url)
     signed = {"host": _host(parts), **{k.lower(): v for k, v in (headers or {}).items()}}
-    auth = {
-        "X-Amz-Algorithm": _ALGORITHM,
-        "X-Amz-Credential": f"{creds.access_key}/{_scope(stamp, region)}",
-        "X-Amz-Date": stamp,
-        "X-Amz-Expires": str(expires),
-        "X-Amz-SignedHeaders": ";".join(sorted(signed)),
-    }
-    if creds.token is not None:
-        auth["X-Amz-Security-Token"] = creds.token
-    # The operation's own parameters first, then the auth ones, each encoded as botocore does.
-    pairs = [*parse_qsl(parts.query, keep_blank_values=True), *auth.items()]
-    query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
+    scope = f"{creds.access_key}/{_scope(stamp, region)}"
+    query = _presign_query(
+        parts.query, scope, stamp, expires, ";".join(sorted(signed)), creds.token
+    )
     canonical = _canonical("GET", parts, query, signed, "UNSIGNED-PAYLOAD")
     signature = _signature(creds, region, stamp, canonical)
     base = f"{parts.scheme}://{parts.netloc}{parts.path}"
     return f"{base}?{query}&X-Amz-Signature={signature}"
 
 
+@functools.lru_cache(maxsize=16)
+def _presign_query(
+    own: str, scope: str, stamp: str, expires: int, names: str, token: str | None
+) -> str:
+    """The query of a presigned URL but its signature: the same for every key signed in one
+    second (a many-file fetch presigns one URL per object; quoting it each time was ~40 %
+    of presign's cost)."""
+    auth = {
+        "X-Amz-Algorithm": _ALGORITHM,
+        "X-Amz-Credential": scope,
+        "X-Amz-Date": stamp,
+        "X-Amz-Expires": str(expires),
+        "X-Amz-SignedHeaders": names,
+    }
+    if token is not None:
+        auth["X-Amz-Security-Token"] = token
+    # The operation's own parameters first, then the auth ones, each encoded as botocore does.
+    pairs = [*parse_qsl(own, keep_blank_values=True), *auth.items()]
+    return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
+
+
 def _canonical(
     method: str, parts: SplitResult, query: str, signed: Mapping[str, str], payload: str
 ) -> str:
-    # S3 signs the path as sent (no normalisation) and the query's pairs sorted, as sent.
-    pairs = sorted(p.partition("=")[::2] for p in query.split("&")) if query else []
     names = sorted(signed)
     lines = [
         method.upper(),
         parts.path,
-        "&".join(f"{k}={v}" for k, v in pairs),
+        _canonical_query(query),
         "".join(f"{n}:{' '.join(signed[n].split())}\n" for n in names),
         ";".join(names),
         payload,
     ]
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=16)
+def _canonical_query(query: str) -> str:
+    # S3 signs the path as sent (no normalisation) and the query's pairs sorted, as sent.
+    pairs = sorted(p.partition("=")[::2] for p in query.split("&")) if query else []
+    return "&".join(f"{k}={v}" for k, v in pairs)
 
 
 def _signature(creds: Credentials, region: str, stamp: str, canonical: str) -> str:

@@ -171,7 +171,8 @@ class Transfer:
             composite = None if whole or job.expected.xxh3 else part_size
             fs = FileState(obj.size, obj.etag, digest, 0, job.expected.source, composite)
             partial.close()
-            await asyncio.to_thread(self.cache.place, partial.path, obj.rel, fs, state)
+            place = self.cache.place
+            await asyncio.to_thread(place, partial.path, obj.rel, fs, state, partial.journal_path)
         except IntegrityError:
             partial.discard()  # bad or mixed bytes are never resumed
             raise

@@ -49,7 +49,7 @@ _ENDS = 4096
 
 def family(rel: str) -> str | None:
     """The check family of a model file, by its name; None for files no check reads."""
-    name = PurePosixPath(rel).name
+    name = rel.rpartition("/")[2]  # PurePosixPath(rel).name, without building a path
     if name.endswith(".safetensors"):
         return "safetensors"
     if name.endswith(".gguf"):

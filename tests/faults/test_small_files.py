@@ -166,3 +166,16 @@ def test_recover_still_honours_a_journal_of_the_earlier_format(tmp_path: Path) -
     assert not (dest / "old.bin").exists()
     assert (dest / "kept.bin").read_bytes() == b"recorded"
     assert list(journals.iterdir()) == []
+
+
+def test_a_directory_in_place_of_a_file_is_refused_not_replaced(
+    put: Callable[[str, bytes], None], fetch: Callable[..., Result], dest: Path
+) -> None:
+    put("tokenizer.json", b"{}")
+    (dest / "tokenizer.json" / "inside").mkdir(parents=True)
+    (dest / "tokenizer.json" / "inside" / "keep.txt").write_text("mine")
+    res = fetch()
+    assert res.code == 5, res.stderr
+    assert f"refusing to replace {dest / 'tokenizer.json'}: it is a directory" in res.stderr
+    assert (dest / "tokenizer.json" / "inside" / "keep.txt").read_text() == "mine"
+    assert not list(Layout(dest).partial_dir.glob("*.part"))
