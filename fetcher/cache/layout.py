@@ -12,6 +12,7 @@ DEST/.fetcher/.<name>.*.tmp     a JSON file being replaced atomically
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,16 @@ from pathlib import Path
 META_DIR = ".fetcher"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Layout:
     dest: Path
 
-    @property
+    # Cached: asked for every file's partial path (three path joins each, otherwise).
+    @functools.cached_property
     def meta(self) -> Path:
         return self.dest / META_DIR
 
-    @property
+    @functools.cached_property
     def partial_dir(self) -> Path:
         return self.meta / "partial"
 

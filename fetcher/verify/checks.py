@@ -37,7 +37,7 @@ def check_model(model_dir: Path, files: Iterable[str], skip: Collection[str] = (
     `skip` names families (formats.FAMILIES) left unchecked (FETCH_SKIP_FORMAT_CHECKS)."""
     files = list(files)
     for rel in files:
-        if family(rel) != "gguf":  # read once, with the split sets, below
+        if family(rel) not in (None, "gguf"):  # GGUF: read once, with the split sets, below
             check_file(model_dir / rel, rel, skip)
     if "index" not in skip:
         check_index(model_dir, files, skip)
