@@ -5,6 +5,8 @@ task whose parts are tasks; the first fatal error cancels the rest (TaskGroup). 
 download and its retries are `parts.py`'s; here a part is checked against the manifest, the
 file as a whole (by its parts, or read back for S3's full-object checksums, `_needs_read_back`),
 and only then renamed into place. Resume comes from the partial file's journal (`cache/partial.py`).
+Small files (one part, at most 1 MiB) skip the partial-file machinery: one whole-object GET,
+then one thread call (`small.py`); they are all fetched before the large ones.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class Transfer:
         self._urls: dict[tuple[str, bool], tuple[str, float]] = {}
         self._versions: dict[str, str] = {}  # key -> the pinned S3 VersionId (issue 15)
         self.hooks = MetricsHooks(metrics, progress)
-        # Exactly one of the two byte paths: worker processes, or a getter in this process
-        # (built only then: with https it loads the CA bundle).
+        # The byte paths: worker processes for the large files' parts when FETCH_WORKERS > 1,
+        # and a getter in this process (`_local`, built on first use: with https it loads
+        # the CA bundle) for the small files and, without workers, for every part.
         self.pool: WorkerPool | None = None
         self.getter: RangeGetter | None = None
         self.parts: PartDownloader | None = None
