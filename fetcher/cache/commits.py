@@ -4,7 +4,8 @@ rename into place and the state's record of it is repaired by the next run.
 One append-only file for the whole fetch, one line per rename (`{"rel", "part"}`), written
 before the rename. A per-file journal written for each commit created (and later deleted) a
 second file per model file: with thousands of small files, ext4's inode allocator then spent
-a quarter of the fetch's CPU skipping recently deleted inodes (perf, 1000 x 64 KiB, issue 14).
+a quarter of the fetch's CPU skipping recently deleted inodes (perf, 1000 x 64 KiB on this
+VM's journal-less ext4, issue 14; a journaled one skips that search, but not the creations).
 Like the journals before it, the log is not fsynced: its append is ordered before the rename
 by the file system's metadata journal, and the state that makes it obsolete is fsynced.
 """
