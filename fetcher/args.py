@@ -66,7 +66,7 @@ _TRANSFER_FLAGS: tuple[_Flag, ...] = (
      "skip keys matching these comma-separated globs; repeatable"),
     ("--retries", "N", "FETCH_RETRIES", "attempts per part, 1..100 (default 8)"),
     ("--outage-tolerance", "DURATION", "FETCH_OUTAGE_TOLERANCE",
-     "keep waiting this long for an unreachable source mid-fetch (default 2m)"),
+     "keep waiting this long for an unreachable source (default 2m)"),
     ("--connect-timeout", "DURATION", "FETCH_CONNECT_TIMEOUT", "e.g. 10s, 500ms (default 10s)"),
     ("--read-timeout", "DURATION", "FETCH_READ_TIMEOUT", "per socket read (default 60s)"),
     ("--deadline", "DURATION", "FETCH_DEADLINE", "give up after this long, e.g. 2h (default none)"),

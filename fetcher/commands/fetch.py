@@ -55,6 +55,7 @@ from fetcher.source.base import ControlPlane, RemoteObject, list_model
 from fetcher.source.factory import open_source
 from fetcher.source.registry.resolve import Resolved, resolve
 from fetcher.transfer.engine import Transfer
+from fetcher.transfer.outage import SourceHealth, ride_out
 from fetcher.transfer.plan import Job
 from fetcher.transfer.small import is_small
 from fetcher.verify.checks import check_model
@@ -197,7 +198,7 @@ class Fetch:
                     return await self._offline(state, exc)
             async with open_source(self.cfg) as src:
                 try:
-                    listing = await list_model(src, self.cfg.prefix)
+                    listing = await self._list(src, state)
                 except SourceUnreachable as exc:
                     return await self._offline(state, exc)
                 jobs = await self._jobs(src, listing)
@@ -215,6 +216,15 @@ class Fetch:
                     raise
             self.metrics.model_info(info_labels(state.source))
             return Outcome(state, plan, resumed_bytes=self.resumed_bytes, cfg=self.cfg)
+
+    async def _list(self, src: ControlPlane, state: State) -> list[RemoteObject]:
+        """The listing. With the source away, a cache that can be served is served at once
+        (`_offline`); one that cannot waits it out like a fetch in progress does, up to
+        FETCH_OUTAGE_TOLERANCE: a pod starting during a MinIO restart is not failed."""
+        if is_complete(state, self.cache, self.cfg):
+            return await list_model(src, self.cfg.prefix)
+        health = SourceHealth(self.cfg.outage_tolerance, self.metrics.source_change)
+        return await ride_out(lambda: list_model(src, self.cfg.prefix), health)
 
     def _needs_head(self, job: Job) -> bool:
         """S3's checksums by a HEAD: a large file's (its ranged GETs bring none), and a small

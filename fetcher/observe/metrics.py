@@ -176,6 +176,11 @@ class Metrics:
     def retry(self, reason: str) -> None:
         self._retries.labels(**self._lv, reason=reason).inc()
 
+    def source_change(self, up: bool, outage_seconds: float) -> None:
+        """An outage began (up False) or ended after `outage_seconds` (outage.SourceHealth)."""
+        self.source_up.set(1 if up else 0)
+        self.outage_seconds.inc(outage_seconds)
+
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The body and its Content-Type for a scraper's Accept header (text 0.0.4 by default).
 

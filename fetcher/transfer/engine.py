@@ -374,8 +374,7 @@ class MetricsHooks:
         self.metrics.inflight.inc(delta)
 
     def on_source(self, up: bool, outage_seconds: float) -> None:
-        self.metrics.source_up.set(1 if up else 0)
-        self.metrics.outage_seconds.inc(outage_seconds)
+        self.metrics.source_change(up, outage_seconds)
 
     def on_checksum_failure(self, nbytes: int) -> None:
         self.metrics.checksum_failures.inc()

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
-from fetcher.errors import SourceUnreachable, TransientSourceError
+from fetcher.errors import SourceUnreachable, TLSFailure, TransientSourceError
 from fetcher.observe import log
 
 # Reasons (TransientSourceError.reason) that say the source itself is away, not this request:
@@ -48,6 +49,7 @@ _PROBE_BASE, _PROBE_CAP = 0.25, 5.0
 
 # up (True) or down (False), and the seconds of the outage that just ended (0 when it starts)
 OnChange = Callable[[bool, float], None]
+T = TypeVar("T")
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -143,3 +145,21 @@ class SourceHealth:
                 f"{self.tolerance:g}s ({self.last_error}); completed parts are kept for the "
                 "next start"
             )
+
+
+async def ride_out(call: Callable[[], Awaitable[T]], health: SourceHealth) -> T:
+    """`call()` (a control-plane request, such as the first LIST) until it answers, waiting
+    out an unreachable source as the parts do: one attempt at a time after a backoff, for up
+    to the tolerance, then SourceUnreachable. A TLS failure is not an outage: raised at once."""
+    while True:
+        async with health.turn():
+            try:
+                result = await call()
+            except (SourceUnreachable, TransientSourceError) as exc:
+                unreachable = isinstance(exc, SourceUnreachable) and not isinstance(exc, TLSFailure)
+                if not (unreachable or is_outage(exc)):
+                    raise
+                health.failed(exc)
+                continue
+        health.ok()
+        return result

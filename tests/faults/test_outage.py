@@ -151,3 +151,33 @@ def test_outage_past_the_tolerance_exits_3_and_resume_fetches_only_the_rest(
     fetched = again.events("done")[0]["bytes_fetched"]
     assert slow_proxy.bytes_sent(prefix) == fetched < total
     assert sent_first + fetched <= total + CONCURRENCY * PART
+
+
+def test_start_during_an_outage_waits_for_the_source_when_nothing_can_be_served(
+    own_server: SeaweedServer, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """A pod started while MinIO restarts (an empty cache): the first LIST waits it out."""
+    prefix, files = model
+    dest = tmp_path / "cache"
+    env = {
+        **pod_env(own_server, prefix, dest),
+        "FETCH_CONNECT_TIMEOUT": "1s",
+        "FETCH_OUTAGE_TOLERANCE": "60s",
+        "METRICS_TEXTFILE": str(dest.parent / "m.prom"),
+    }
+    own_server.stop()
+    try:
+        proc = _start(env)
+        time.sleep(4)
+        assert proc.poll() is None  # still waiting, not failed
+    finally:
+        own_server.start(same_ports=True)
+    res = _finish(proc, timeout=120)
+    assert res.code == 0, res.stderr
+    assert tree(dest) == files
+    assert len(res.events("source_unreachable")) == 1
+    (back,) = res.events("source_back")
+    assert back["outage_s"] >= 3
+    textfile = dest.parent / "m.prom"
+    assert metric(textfile, "model_fetcher_source_up") == 1
+    assert metric(textfile, "model_fetcher_outage_seconds_total") >= 3

@@ -381,9 +381,18 @@ def test_outage_with_complete_cache_serves_it(
 
 
 def test_outage_with_incomplete_cache_exits_3(fetch: Callable[..., Result], dest: Path) -> None:
-    res = fetch(endpoint=f"http://127.0.0.1:{free_port()}", FETCH_CONNECT_TIMEOUT="1")
+    # Nothing to serve: the start waits the outage out first, up to FETCH_OUTAGE_TOLERANCE.
+    began = time.monotonic()
+    res = fetch(
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        FETCH_CONNECT_TIMEOUT="1",
+        FETCH_OUTAGE_TOLERANCE="2s",
+    )
     assert res.code == 3
+    assert "longer than FETCH_OUTAGE_TOLERANCE=2s" in res.stderr
     assert "cannot reach" in res.stderr and "incomplete" in res.stderr
+    assert 2 <= time.monotonic() - began < 30
+    assert len(res.events("source_unreachable")) == 1 and not res.events("source_back")
 
 
 def test_unwritable_cache_exits_5_with_path_and_uid(
