@@ -251,3 +251,31 @@ def seaweed_with_bucket(tls: tuple[Path, Path] | None = None) -> Iterator[Seawee
     finally:
         server.stop()
         shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+# A kill -9 right after one step of the cache: the crash tests (test_local_cache, test_small_files).
+CRASH_AFTER = """
+import os, sys
+from fetcher.cache import partial, store
+step, when, calls = sys.argv[1], sys.argv[2], {"n": 0}
+sys.argv[1:] = []  # the rest of the command line is the fetcher's
+owner = partial.Partial if step == "mark_done" else store.Cache
+real = getattr(owner, step)
+
+def crashing(self, *args):
+    result = real(self, *args)
+    calls["n"] += 1
+    if when == str(calls["n"]) or when in map(str, args):
+        os._exit(9)  # a kill -9 right after this step, before anything else is recorded
+    return result
+
+setattr(owner, step, crashing)
+from fetcher.cli import main
+main()
+"""
+
+
+def crash_after(env: dict[str, str], step: str, when: str) -> int:
+    full = {"PATH": os.environ["PATH"], **env}
+    cmd = [sys.executable, "-c", CRASH_AFTER, step, when]
+    return subprocess.run(cmd, env=full, capture_output=True, timeout=120).returncode

@@ -68,14 +68,16 @@ class Transfer:
         """Fetch every job; each verified file is placed and recorded in `state` (whose
         writes `Cache.place` batches: the caller saves it once at the end)."""
         self._versions = {j.obj.key: j.obj.version_id for j in jobs if j.obj.version_id}
-        small = [j for j in jobs if is_small(j, self.cfg.part_size)]
-        large = sorted((j for j in jobs if not is_small(j, self.cfg.part_size)), key=_size)
+        small: list[Job] = []
+        large: list[Job] = []
+        for job in sorted(jobs, key=_size):
+            (small if is_small(job, self.cfg.part_size) else large).append(job)
         try:
             if self.cfg.workers > 1 and large:
                 self.pool = await WorkerPool.start(self.cfg, self.hooks)
             # Small files first, all of them: config and tokenizer land at once, and the small
             # files' GETs (always this process's own) never add to the workers' requests.
-            await run_all(self._fetch_file(job, state) for job in sorted(small, key=_size))
+            await run_all(self._fetch_file(job, state) for job in small)
             await run_all(self._fetch_file(job, state) for job in large)
         except BaseException:
             if self.pool is not None:

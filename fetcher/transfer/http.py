@@ -192,7 +192,9 @@ class _Conn(asyncio.BufferedProtocol):
     def _start_body(self) -> None:
         assert self.req is not None
         check_range(self.req, self.status, self.headers)
-        if self.req.checksums and self.found is not None:
+        # Only a whole-object answer carries the object's checksums; a resumed, ranged one
+        # leaves what the first answer gave.
+        if self.req.checksums and not self.req.ranged and self.found is not None:
             self.found.update(header_checksums(self.headers))
         self.remaining = self.req.length if self.req.size else 0
         self.state = ConnState.BODY

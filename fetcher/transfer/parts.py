@@ -202,8 +202,7 @@ class PartDownloader:
             self.hooks.on_inflight(1)
             began = time.monotonic()
             try:
-                # A resumed, ranged request brings no checksums: the first answer's stay.
-                await self.getter.get(req, sink, None if seen else seen)
+                await self.getter.get(req, sink, seen)
             finally:
                 self.hooks.on_inflight(-1)
                 self.hooks.on_request(time.monotonic() - began)

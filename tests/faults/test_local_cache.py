@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from devtools.seaweed import SeaweedServer, free_port
 from fetcher.cache.layout import Layout
 from tests.faults.proxy import FaultProxy, Status
-from tests.helpers import BUCKET, Result, mount_tmpfs, pod_env, run_fetcher, tree
+from tests.helpers import BUCKET, Result, crash_after, mount_tmpfs, pod_env, run_fetcher, tree
 
 PART = 256 * 1024
 
@@ -160,32 +159,6 @@ def test_dest_that_is_a_file_or_a_dangling_link_is_named_as_such(
 
 
 # --- crashes at precise points: the fetcher runs with one step followed by os._exit(9) ---------
-
-CRASH_AFTER = """
-import os, sys
-from fetcher.cache import partial, store
-step, when, calls = sys.argv[1], sys.argv[2], {"n": 0}
-sys.argv[1:] = []  # the rest of the command line is the fetcher's
-owner = partial.Partial if step == "mark_done" else store.Cache
-real = getattr(owner, step)
-
-def crashing(self, *args):
-    result = real(self, *args)
-    calls["n"] += 1
-    if when == str(calls["n"]) or when in map(str, args):
-        os._exit(9)  # a kill -9 right after this step, before anything else is recorded
-    return result
-
-setattr(owner, step, crashing)
-from fetcher.cli import main
-main()
-"""
-
-
-def crash_after(env: dict[str, str], step: str, when: str) -> int:
-    full = {"PATH": os.environ["PATH"], **env}
-    cmd = [sys.executable, "-c", CRASH_AFTER, step, when]
-    return subprocess.run(cmd, env=full, capture_output=True, timeout=120).returncode
 
 
 def test_file_renamed_into_place_but_never_recorded_is_not_left_behind(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from fetcher.cache.layout import Layout
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
 from tests.faults.proxy import FaultProxy, FlipByte, ResetAfter
-from tests.helpers import BUCKET, Result, metric, pod_env, run_fetcher, tree
+from tests.helpers import BUCKET, Result, crash_after, metric, pod_env, run_fetcher, tree
 
 PART = 256 * 1024
 
@@ -35,7 +33,7 @@ def test_small_files_take_one_get_each_and_their_checksum_comes_with_it(
     dest: Path,
 ) -> None:
     files = {f"cache/k{i:03d}.bin": os.urandom(3000 + i) for i in range(40)}
-    files["weights.bin"] = os.urandom(3 * PART + 5)  # three parts: the part machinery
+    files["weights.bin"] = os.urandom(3 * PART + 5)  # four parts: the part machinery
     for rel, data in files.items():
         put(rel, data)  # boto3 uploads with a CRC32, which SeaweedFS keeps
     textfile = dest.parent / "metrics.prom"
@@ -100,32 +98,12 @@ def test_small_file_reset_mid_body_resumes_and_keeps_the_first_answers_checksum(
     assert _state(dest)["files"]["vocab.bin"]["checksum"] == "s3:crc32"
 
 
-CRASH_AFTER_RENAME = """
-import os, sys
-from fetcher.cache import store
-real, target = store.Cache.commit, sys.argv[1]
-
-def crashing(self, part, rel):
-    mtime = real(self, part, rel)
-    if rel == target:
-        os._exit(9)  # a kill -9 right after the rename: the state never records the file
-    return mtime
-
-store.Cache.commit = crashing
-sys.argv[1:] = []
-from fetcher.cli import main
-main()
-"""
-
-
 def test_small_file_renamed_but_unrecorded_is_named_by_the_commit_log_and_repaired(
     s3: Any, put: Callable[[str, bytes], None], s3_server: Any, prefix: str, dest: Path
 ) -> None:
     put("a.json", b"{}")
     put("b.bin", b"old bytes")
-    env = {"PATH": os.environ["PATH"], **pod_env(s3_server, prefix, dest)}
-    cmd = [sys.executable, "-c", CRASH_AFTER_RENAME, "b.bin"]
-    assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 9
+    assert crash_after(pod_env(s3_server, prefix, dest), "commit", "b.bin") == 9
     assert (dest / "b.bin").read_bytes() == b"old bytes"  # under its final name, unrecorded
     assert "b.bin" in CommitLog(Layout(dest).commit_log).renamed()
     s3.delete_object(Bucket=BUCKET, Key=prefix + "b.bin")
