@@ -153,15 +153,15 @@ class Cache:
     def open_partial(self, key: str, etag: str, size: int, part_size: int) -> Partial:
         return Partial.open(self._partial_base(key), etag, size, part_size, self.direct_io)
 
-    def small_partial(self, key: str) -> Path:
-        """The partial file of a small file, written whole (`partial.write_whole`)."""
+    def partial_path(self, key: str) -> Path:
+        """The partial file of `key` (a small file's is written whole: `partial.write_whole`)."""
         return self._partial_base(key).with_suffix(".part")
 
     def partial_bytes(self, key: str) -> int:
         """Disk space the partial file of `key` holds already: a resumed or restarted download
         writes into it, so that space is not needed twice."""
         try:
-            st = os.lstat(self._partial_base(key).with_suffix(".part"))
+            st = os.lstat(self.partial_path(key))
         except OSError:
             return 0
         return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0

@@ -46,7 +46,7 @@ def finish(
     its format checked, and placed; bad bytes never reach the disk under any name."""
     s3_sum = s3_checksum(want.s3_algorithm, body) if want.s3_algorithm else None
     want.check(obj.rel, xxh3, s3_sum)
-    part = cache.small_partial(obj.key)
+    part = cache.partial_path(obj.key)
     try:
         write_whole(part, body, lambda: check_file(part, obj.rel, skip))
         fs = FileState(obj.size, obj.etag, xxh3, 0, want.source, None)
