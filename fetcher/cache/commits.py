@@ -24,6 +24,7 @@ class CommitLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self.added = 0  # lines written by this run: a state save keeps the log if it grew
 
     def add(self, rel: str, part: Path) -> None:
         """Say that `part` is about to be renamed to `rel` (callers serialise the calls)."""
@@ -33,6 +34,7 @@ class CommitLog:
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                 self._fd = os.open(self.path, flags, 0o644)
             os.write(self._fd, line.encode())
+        self.added += 1
 
     def clear(self) -> None:
         """Every rename logged is recorded in a saved state: the log is no longer needed."""

@@ -33,19 +33,29 @@ def _open_own_file(path: Path, truncate: bool = False) -> int:
     return os.open(path, flags, 0o644)
 
 
-def write_whole(
-    path: Path, data: bytes | bytearray | memoryview, check: Callable[[], None]
-) -> None:
-    """A small file's partial file in one go (in a thread): written, fsynced, `check`ed
-    while its pages are still cached, then its page cache released."""
+def write_whole(path: Path, data: bytes | bytearray | memoryview) -> int:
+    """A small file's partial file written in one go; returns its open descriptor, which
+    `settle_whole` fsyncs and closes. Page-cache writes of at most 1 MiB: the event loop makes
+    them itself, the fsync goes to a thread (transfer/syncer.py)."""
     with os_errors("create partial file", path):
         fd = _open_own_file(path, truncate=True)
     try:
         with os_errors("write", path):
             directio.pwrite_all(fd, None, memoryview(data), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def settle_whole(fd: int, path: Path, check: Callable[[], None] | None) -> None:
+    """In a thread: `write_whole`'s file fsynced, `check`ed while its pages are still cached,
+    its page cache released, and its descriptor closed, whatever happens."""
+    try:
         with os_errors("fsync", path):
             os.fsync(fd)
-        check()
+        if check is not None:
+            check()
         with suppress(OSError, AttributeError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:

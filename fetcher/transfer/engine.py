@@ -36,11 +36,14 @@ from fetcher.transfer.outage import SourceHealth
 from fetcher.transfer.parts import Part, PartDownloader, PartTask, plan_parts, split_digest
 from fetcher.transfer.plan import Expected, Job, s3_expected
 from fetcher.transfer.small import is_small
+from fetcher.transfer.syncer import Syncer
 from fetcher.transfer.workers import WorkerPool
 from fetcher.verify.checks import check_file
 from fetcher.verify.hashes import FileDigests, composite_xxh3, sha256_range, xxh3_range
 
 _URL_TTL = 600.0  # presigned URLs are valid for an hour; renew well before
+# Small files between their write and their rename: open descriptors, far below any limit.
+_SETTLING = 128
 
 
 class Transfer:
@@ -52,6 +55,10 @@ class Transfer:
         self.inflight = asyncio.Semaphore(cfg.concurrency)
         # Bounds open partial files (fds, preallocated space) without slowing the parts.
         self.files_open = asyncio.Semaphore(max(4, cfg.concurrency))
+        # Small files written and waiting for their fsync: one descriptor each, no memory.
+        self.settling = asyncio.Semaphore(_SETTLING)
+        self.syncer = Syncer()
+        self._saving = False
         self._urls: dict[tuple[str, bool], tuple[str, float]] = {}
         self._versions: dict[str, str] = {}  # key -> the pinned S3 VersionId (issue 15)
         self.hooks = MetricsHooks(metrics, progress)
@@ -91,19 +98,18 @@ class Transfer:
                 await self.pool.close()
 
     async def _fetch_file(self, job: Job, state: State) -> None:
-        async with self.files_open:
+        try:
             try:
-                try:
-                    await self._fetch_version(job, state)
-                except ObjectChanged:
-                    if job.obj.version_id:
-                        raise  # a pinned version never changes: never fall back to the latest
-                    # Replaced while we read it: start this file over, once, on the new version.
-                    job = await self._new_version(job)
-                    await self._fetch_version(job, state)
-            except IntegrityError:
-                self.metrics.files["failed"].inc()
-                raise
+                await self._fetch_version(job, state)
+            except ObjectChanged:
+                if job.obj.version_id:
+                    raise  # a pinned version never changes: never fall back to the latest
+                # Replaced while we read it: start this file over, once, on the new version.
+                job = await self._new_version(job)
+                await self._fetch_version(job, state)
+        except IntegrityError:
+            self.metrics.files["failed"].inc()
+            raise
         self.metrics.files["downloaded"].inc()
         self.progress.file_done(job.obj.rel, job.obj.size)
 
@@ -120,7 +126,29 @@ class Transfer:
 
     async def _fetch_small(self, job: Job, state: State) -> None:
         """A small file whole, in one GET (small.py); S3's checksums come with it when
-        nothing else vouches for the bytes (no manifest, no signature: no HEAD was made)."""
+        nothing else vouches for the bytes (no manifest, no signature: no HEAD was made).
+        Its body holds a `files_open` slot until it is written; the fsync that follows
+        holds only a descriptor (`settling`), so the next GETs are not kept waiting."""
+        obj = job.obj
+        part = self.cache.partial_path(obj.key)
+        try:
+            async with self.settling:
+                async with self.files_open:
+                    want, body, xxh3 = await self._small_body(job)
+                    fd = small.write(part, obj, want, body, xxh3)
+                    del body  # written: the page cache has it
+                check = small.format_check(part, obj.rel, self.cfg.skip_format_checks)
+                await self.syncer.settle(fd, part, check)
+            fs = FileState(obj.size, obj.etag, xxh3, 0, want.source, None)
+            self.cache.place(part, obj.rel, fs, state)
+        except BaseException as exc:
+            small.discard(part)
+            if isinstance(exc, ChecksumMismatch):
+                self.metrics.checksum_failures.inc()
+            raise
+        await self._save_if_due(state)
+
+    async def _small_body(self, job: Job) -> tuple[Expected, bytearray, str]:
         obj, want = job.obj, job.expected
         body = bytearray(obj.size)
         view = memoryview(body)
@@ -136,17 +164,27 @@ class Transfer:
             want = s3_expected(found) or want
             if want.source == "none":
                 self.unverified.append(obj.rel)
-        skip = self.cfg.skip_format_checks
+        return want, body, xxh3
+
+    async def _save_if_due(self, state: State) -> None:
+        """The state written with the files placed since its last write, in a thread, by one
+        file's task at a time (the others go on meanwhile)."""
+        if self._saving or not self.cache.save_due():
+            return
+        self._saving = True
         try:
-            await asyncio.to_thread(small.finish, self.cache, obj, want, body, xxh3, skip, state)
-        except ChecksumMismatch:
-            self.metrics.checksum_failures.inc()
-            raise
+            await asyncio.to_thread(self.cache.save_state, state)
+        finally:
+            self._saving = False
 
     async def _fetch_version(self, job: Job, state: State) -> None:
         if is_small(job, self.cfg.part_size):
             await self._fetch_small(job, state)
             return
+        async with self.files_open:
+            await self._fetch_large(job, state)
+
+    async def _fetch_large(self, job: Job, state: State) -> None:
         obj = job.obj
         part_size = job.expected.part_size or self.cfg.part_size
         # Threads: posix_fallocate is emulated with a write per block where the file system
@@ -183,6 +221,7 @@ class Transfer:
             raise
         finally:
             partial.close()
+        await self._save_if_due(state)
 
     async def _new_version(self, job: Job) -> Job:
         obj = job.obj
