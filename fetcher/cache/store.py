@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import stat
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
@@ -170,14 +170,41 @@ class Cache:
         """The partial file of `key` (a small file's is written whole: `partial.write_whole`)."""
         return self._partial_base(key).with_suffix(".part")
 
-    def partial_bytes(self, key: str) -> int:
-        """Disk space the partial file of `key` holds already: a resumed or restarted download
-        writes into it, so that space is not needed twice."""
+    def partials_held(self, keys: Iterable[str]) -> dict[str, int]:
+        """Disk space the partial files of `keys` hold already, by key (only those that have
+        one): a resumed or restarted download writes into it, so that space is not needed
+        twice. One listing of the partial directory, not a stat per key: before a fresh
+        fetch of thousands of files it is empty, and no key is even hashed."""
+        with suppress(OSError), os.scandir(self.partial_dir) as entries:
+            held = {
+                e.name: e.stat(follow_symlinks=False).st_blocks * 512
+                for e in entries
+                if e.name.endswith(".part") and e.is_file(follow_symlinks=False)
+            }
+            return {k: held[n] for k in keys if (n := self.partial_path(k).name) in held}
+        return {}
+
+    def regular_files(self, rels: Iterable[str]) -> set[str]:
+        """Those of `rels` that name a regular file now (not a link, not a directory): one
+        listing per folder, not an lstat per file (a compile cache is thousands of files in
+        a few folders, and before a fresh fetch none of them is there)."""
+        by_folder: dict[str, list[str]] = {}
+        for rel in rels:
+            by_folder.setdefault(rel.rpartition("/")[0], []).append(rel)
+        found: set[str] = set()
+        for folder, members in by_folder.items():
+            names = self._regular_names(folder)
+            if names:
+                found.update(rel for rel in members if rel.rpartition("/")[2] in names)
+        return found
+
+    def _regular_names(self, folder: str) -> set[str]:
         try:
-            st = os.lstat(self.partial_path(key))
-        except OSError:
-            return 0
-        return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
+            directory = self.final_path(folder) if folder else self.dest
+            with os.scandir(directory) as entries:
+                return {e.name for e in entries if e.is_file(follow_symlinks=False)}
+        except (OSError, UnsafeKey):
+            return set()
 
     def _partial_base(self, key: str) -> Path:
         return self.layout.partial_base(key)

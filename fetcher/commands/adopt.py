@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 from pathlib import Path
 
 from fetcher.cache.state import FileState
 from fetcher.cache.store import Cache
-from fetcher.errors import CacheError, UnsafeKey
+from fetcher.errors import CacheError
 from fetcher.observe import log
 from fetcher.tasks import run_all
 from fetcher.transfer.plan import Job
@@ -26,15 +25,14 @@ _HASHING = max(2, os.cpu_count() or 2)  # files hashed at once; each reads with 
 
 
 async def adopt(jobs: list[Job], cache: Cache, recorded: set[str]) -> dict[str, FileState]:
-    """Of `jobs` (about to be fetched), those whose file is present and proved: their states.
-    Present files not recorded and not proved are logged as replaced."""
+    """Of `jobs` (about to be fetched, each with a regular file under its final name:
+    `Cache.regular_files`), those whose file is proved: their states. Present files not
+    recorded and not proved are logged as replaced."""
     found: dict[str, FileState] = {}
     limit = asyncio.Semaphore(_HASHING)
 
     async def one(job: Job) -> None:
-        path = present(cache, job.obj.rel)
-        if path is None:
-            return
+        path = cache.final_path(job.obj.rel)
         async with limit:
             fs, why = await asyncio.to_thread(_prove, path, job)
         if fs is not None:
@@ -55,15 +53,6 @@ async def adopt(jobs: list[Job], cache: Cache, recorded: set[str]) -> dict[str, 
             files=len(found),
         )
     return found
-
-
-def present(cache: Cache, rel: str) -> Path | None:
-    """The regular file under `rel`'s final name, if there is one."""
-    try:
-        path = cache.final_path(rel)
-        return path if stat.S_ISREG(os.lstat(path).st_mode) else None
-    except (OSError, UnsafeKey):
-        return None
 
 
 def _prove(path: Path, job: Job) -> tuple[FileState | None, str]:

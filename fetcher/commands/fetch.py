@@ -20,7 +20,7 @@ from fetcher.cache.readonly import incomplete_read_only, is_read_only
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
 from fetcher.cache.volume import warn_if_not_a_volume
-from fetcher.commands.adopt import adopt, present
+from fetcher.commands.adopt import adopt
 from fetcher.commands.expected import (
     add_s3_checksums,
     check_promised,
@@ -203,12 +203,13 @@ class Fetch:
                     return await self._offline(state, exc)
                 jobs = await self._jobs(src, listing)
                 plan = await make_plan(jobs, state, self.cache, self.cfg)
+                on_disk = self.cache.regular_files(j.obj.rel for j in plan.fetch)
                 if not self.manifest and not self.verified and plan.fetch:
-                    heads = [j for j in plan.fetch if self._needs_head(j)]
+                    heads = [j for j in plan.fetch if self._needs_head(j, on_disk)]
                     self.unverified = await add_s3_checksums(src, heads)
                 self.source = source_record(self.cfg, self.resolved, self.manifest_sha256, jobs)
                 self.source |= self._signature_record()
-                await self._adopt(plan, state)
+                await self._adopt(plan, state, on_disk)
                 try:
                     await self._apply(src, plan, state)
                 except FetchError as exc:
@@ -226,11 +227,10 @@ class Fetch:
         health = SourceHealth(self.cfg.outage_tolerance, self.metrics.source_change)
         return await ride_out(lambda: list_model(src, self.cfg.prefix), health)
 
-    def _needs_head(self, job: Job) -> bool:
+    def _needs_head(self, job: Job, on_disk: set[str]) -> bool:
         """S3's checksums by a HEAD: a large file's (its ranged GETs bring none), and a small
         one's already on disk but not recorded (adopt proves it by them, with no GET)."""
-        small = is_small(job, self.cfg.part_size)
-        return not small or present(self.cache, job.obj.rel) is not None
+        return job.obj.rel in on_disk or not is_small(job, self.cfg.part_size)
 
     async def _resolve(self) -> None:
         """A registry URI to its s3:// location, at every start: an alias may have moved."""
@@ -247,13 +247,15 @@ class Fetch:
             manifest_version=self.resolved.manifest_version,
         )
 
-    async def _adopt(self, plan: Plan, state: State) -> None:
+    async def _adopt(self, plan: Plan, state: State, on_disk: set[str]) -> None:
         """Present files the state does not vouch for, proved by their bytes, are kept."""
-        found = await adopt(plan.fetch, self.cache, set(state.files))
-        for job in [j for j in plan.fetch if j.obj.rel in found]:
-            plan.fetch.remove(job)
-            plan.keep.append(job.obj)
-            state.files[job.obj.rel] = found[job.obj.rel]
+        present = [j for j in plan.fetch if j.obj.rel in on_disk]
+        found = await adopt(present, self.cache, set(state.files))
+        if not found:
+            return
+        plan.keep += [j.obj for j in plan.fetch if j.obj.rel in found]
+        plan.fetch = [j for j in plan.fetch if j.obj.rel not in found]
+        state.files.update(found)
 
     def _record_failure(self, state: State, exc: FetchError) -> None:
         """Leave the reason in the state, so `verify` and `status` can say it later."""
@@ -435,7 +437,8 @@ class Fetch:
             log.event("file_removed", f"removed {rel}: no longer in the bucket", file=rel)
 
     def _check_space(self, plan: Plan) -> None:
-        held = sum(min(self.cache.partial_bytes(j.obj.key), j.obj.size) for j in plan.fetch)
+        held_by = self.cache.partials_held(j.obj.key for j in plan.fetch)
+        held = sum(min(held_by.get(j.obj.key, 0), j.obj.size) for j in plan.fetch)
         need, free = plan.fetch_bytes - held, self.cache.free_bytes()
         if need > free:
             raise CacheError(

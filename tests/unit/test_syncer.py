@@ -1,6 +1,6 @@
-"""The small files' fsync batcher (transfer/syncer.py), on real files in tmp_path: every file
-it is given is fsynced, checked and closed; one file's failure is that file's alone; a
-cancelled caller's descriptor is still closed."""
+"""The small files' fsync batcher (transfer/syncer.py) and the one-listing presence check, on
+real files in tmp_path: every file given to the batcher is fsynced, checked and closed; one
+file's failure is that file's alone; a cancelled caller's descriptor is still closed."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fetcher.cache.partial import write_whole
+from fetcher.cache.store import Cache
 from fetcher.errors import CacheError, InvalidModel
 from fetcher.transfer.syncer import Syncer
 
@@ -98,3 +99,13 @@ def test_a_cancelled_caller_leaves_no_descriptor_open(tmp_path: Path) -> None:
 
     fds = asyncio.run(main())
     assert not any(_is_open(fd) for fd in fds)
+
+
+def test_regular_files_lists_each_folder_once_and_skips_links_and_folders(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "top.bin").write_bytes(b"1")
+    (tmp_path / "a" / "b" / "deep.bin").write_bytes(b"2")
+    (tmp_path / "a" / "link.bin").symlink_to(tmp_path / "top.bin")
+    (tmp_path / "a" / "dir.bin").mkdir()
+    rels = ["top.bin", "a/b/deep.bin", "a/link.bin", "a/dir.bin", "a/missing.bin", "z/none.bin"]
+    assert Cache(tmp_path).regular_files(rels) == {"top.bin", "a/b/deep.bin"}
