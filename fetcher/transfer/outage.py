@@ -90,9 +90,12 @@ class SourceHealth:
         if self.on_change is not None:
             self.on_change(False, 0.0)
 
-    def ok(self) -> None:
-        """A request succeeded or received bytes: the source is back, for everyone."""
-        if self.down_since is None:
+    def ok(self, sent_at: float | None = None) -> None:
+        """A request succeeded or received bytes: the source is back, for everyone. Not if
+        the request was sent (`sent_at`, by `clock`) before the outage began: bytes a proxy
+        or a socket still held from before say nothing of the source now (they ended an
+        outage just begun, and the next failure logged a second one)."""
+        if self.down_since is None or (sent_at is not None and sent_at < self.down_since):
             return
         seconds = self.clock() - self.down_since
         self.down_since = None

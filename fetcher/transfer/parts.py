@@ -150,6 +150,7 @@ class PartDownloader:
         hasher = xxhash.xxh3_128()
         sha = hashlib.sha256() if task.sha256 else None
         got = 0
+        sent = [0.0]  # when the current request went out (`_request`)
 
         def digest() -> str:
             return f"{hasher.hexdigest()}/{sha.hexdigest()}" if sha else str(hasher.hexdigest())
@@ -165,7 +166,7 @@ class PartDownloader:
             got += len(data)
             self.hooks.on_bytes(len(data))
             if self.health.down_since is not None:
-                self.health.ok()  # bytes arrive: the waiting parts need not wait for the end
+                self.health.ok(sent[0])  # bytes arrive: the waiting parts need not wait
 
         attempts = 0
         while True:
@@ -173,8 +174,8 @@ class PartDownloader:
             if task.size and task.start + got > task.end:
                 return digest()  # every byte landed before the error was seen
             try:
-                await self._request(task, task.start + got, sink, seen)
-                self.health.ok()
+                await self._request(task, task.start + got, sink, seen, sent)
+                self.health.ok(sent[0])
                 return digest()
             except (TransientSourceError, RangeMismatch) as exc:
                 # A wrong Content-Range wrote nothing (it is checked before the body), so it
@@ -194,9 +195,12 @@ class PartDownloader:
                 if not outage:  # while down, the shared probe's backoff does the waiting
                     await asyncio.sleep(backoff(attempts))
 
-    async def _request(self, task: PartTask, start: int, sink: Write, seen: dict[str, str]) -> None:
+    async def _request(
+        self, task: PartTask, start: int, sink: Write, seen: dict[str, str], sent: list[float]
+    ) -> None:
         # The turn before the semaphore: parts waiting out an outage hold no request slot.
         async with self.health.turn(), self.inflight:
+            sent[0] = self.health.clock()
             url = await self.url(task.key, task.checksums)
             req = RangeRequest(url, task.rel, task.etag, start, task.end, task.size, task.checksums)
             self.hooks.on_inflight(1)

@@ -73,3 +73,20 @@ def test_outage_tolerance_setting() -> None:
     assert load([], env).outage_tolerance == 120.0
     assert load([], {**env, "FETCH_OUTAGE_TOLERANCE": "30s"}).outage_tolerance == 30.0
     assert load(["--outage-tolerance", "5m"], env).outage_tolerance == 300.0
+
+
+def test_bytes_of_a_request_sent_before_the_outage_do_not_end_it() -> None:
+    """A proxy or a socket still delivering what it held from before the outage is not the
+    source back: that ended an outage just begun, and the next failure logged a second one
+    (test_outage_past_the_tolerance_exits_3_and_resume_fetches_only_the_rest, 1 run in 10)."""
+    now = [100.0]
+    changes: list[bool] = []
+    health = SourceHealth(30.0, lambda up, _: changes.append(up), clock=lambda: now[0])
+    sent_before = now[0]
+    now[0] += 1
+    health.failed(REFUSED)
+    now[0] += 1
+    health.ok(sent_before)
+    assert not health.up and changes == [False]
+    health.ok(now[0])  # a request sent during the outage (the probe) answers: back
+    assert health.up and changes == [False, True]
