@@ -48,12 +48,16 @@ def write_whole(path: Path, data: bytes | bytearray | memoryview) -> int:
     return fd
 
 
-def settle_whole(fd: int, path: Path, check: Callable[[], None] | None) -> None:
-    """In a thread: `write_whole`'s file fsynced, `check`ed while its pages are still cached,
-    its page cache released, and its descriptor closed, whatever happens."""
+def settle_whole(
+    fd: int, path: Path, check: Callable[[], None] | None, synced: bool = False
+) -> None:
+    """In a thread: `write_whole`'s file fsynced (unless its whole file system was just
+    flushed: `synced`, cache/flush.py), `check`ed while its pages are still cached, its page
+    cache released, and its descriptor closed, whatever happens."""
     try:
-        with os_errors("fsync", path):
-            os.fsync(fd)
+        if not synced:
+            with os_errors("fsync", path):
+                os.fsync(fd)
         if check is not None:
             check()
         with suppress(OSError, AttributeError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fetcher.cache.flush import volume_flush
 from fetcher.cache.partial import Partial
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
@@ -57,7 +58,7 @@ class Transfer:
         self.files_open = asyncio.Semaphore(max(4, cfg.concurrency))
         # Small files written and waiting for their fsync: one descriptor each, no memory.
         self.settling = asyncio.Semaphore(_SETTLING)
-        self.syncer = Syncer()
+        self._syncer: Syncer | None = None
         self._saving = False
         self._urls: dict[tuple[str, bool], tuple[str, float]] = {}
         self._versions: dict[str, str] = {}  # key -> the pinned S3 VersionId (issue 15)
@@ -138,7 +139,7 @@ class Transfer:
                     fd = small.write(part, obj, want, body, xxh3)
                     del body  # written: the page cache has it
                 check = small.format_check(part, obj.rel, self.cfg.skip_format_checks)
-                await self.syncer.settle(fd, part, check)
+                await self._sync().settle(fd, part, check)
             fs = FileState(obj.size, obj.etag, xxh3, 0, want.source, None)
             self.cache.place(part, obj.rel, fs, state)
         except BaseException as exc:
@@ -147,6 +148,13 @@ class Transfer:
                 self.metrics.checksum_failures.inc()
             raise
         await self._save_if_due(state)
+
+    def _sync(self) -> Syncer:
+        """Built on the first small file: whether DEST is a volume of its own reads the
+        mount table and loads ctypes, which a model of a few large files never needs."""
+        if self._syncer is None:
+            self._syncer = Syncer(volume_flush(self.cache.dest))
+        return self._syncer
 
     async def _small_body(self, job: Job) -> tuple[Expected, bytearray, str]:
         obj, want = job.obj, job.expected

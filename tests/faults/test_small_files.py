@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devtools.seaweed import SeaweedServer
 from fetcher.cache.commits import CommitLog
 from fetcher.cache.layout import Layout
 from fetcher.cache.state import FileState, State
 from fetcher.cache.store import Cache
 from tests.faults.proxy import FaultProxy, FlipByte, ResetAfter
-from tests.helpers import BUCKET, Result, crash_after, metric, pod_env, run_fetcher, tree
+from tests.helpers import (
+    BUCKET,
+    Result,
+    crash_after,
+    metric,
+    mount_tmpfs,
+    pod_env,
+    run_fetcher,
+    tree,
+)
 
 PART = 256 * 1024
 
@@ -157,3 +168,37 @@ def test_a_directory_in_place_of_a_file_is_refused_not_replaced(
     assert f"refusing to replace {dest / 'tokenizer.json'}: it is a directory" in res.stderr
     assert (dest / "tokenizer.json" / "inside" / "keep.txt").read_text() == "mine"
     assert not list(Layout(dest).partial_dir.glob("*.part"))
+
+
+def test_on_a_volume_of_its_own_a_batch_is_flushed_by_one_syncfs(
+    put: Callable[[str, bytes], None],
+    s3_server: SeaweedServer,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """DEST on a tmpfs mount (a whole file system, as a PVC is): the small files are made
+    durable by syncfs per batch (cache/flush.py) and arrive whole, recorded, nothing left in
+    .fetcher/partial. (On tmpfs durability itself cannot be observed; that the per-file
+    fsyncs are skipped only after a good flush is tests/unit/test_flush.py.)"""
+    files = {f"jit/d{i % 4}/k{i:03d}.bin": os.urandom(2000 + i) for i in range(200)}
+    for rel, data in files.items():
+        put(rel, data)
+    mnt = tmp_path / "volume"
+    mnt.mkdir()
+    mount_tmpfs(mnt, "size=16m")
+    try:
+        dest = mnt / "cache"
+        res = run_fetcher([], {**pod_env(s3_server, prefix, dest), "LOG_LEVEL": "debug"})
+        assert res.code == 0, res.stderr
+        assert tree(dest) == files
+        assert len(res.events("volume_flush")) == 1
+        assert set(_state(dest)["files"]) == set(files)
+        assert list(Layout(dest).partial_dir.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+    # Beside it, on the root file system, no flush of the whole file system is made.
+    other = tmp_path / "root-fs"
+    res = run_fetcher([], {**pod_env(s3_server, prefix, other), "LOG_LEVEL": "debug"})
+    assert res.code == 0, res.stderr
+    assert tree(other) == files
+    assert not res.events("volume_flush")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,32 @@ def test_regular_files_lists_each_folder_once_and_skips_links_and_folders(tmp_pa
     (tmp_path / "a" / "dir.bin").mkdir()
     rels = ["top.bin", "a/b/deep.bin", "a/link.bin", "a/dir.bin", "a/missing.bin", "z/none.bin"]
     assert Cache(tmp_path).regular_files(rels) == {"top.bin", "a/b/deep.bin"}
+
+
+def test_a_file_queued_as_all_workers_leave_still_gets_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four workers finish in one loop step, and one caller hands over its next file before
+    their done callbacks have run: it once waited for ever (all four slots looked taken).
+    The thread hand-off is replaced by one that finishes every batch in the same loop step,
+    to make that order certain; the files, their fsyncs and the closing are real."""
+
+    async def same_step(func: Callable[..., object], /, *args: object) -> object:
+        await asyncio.sleep(0)
+        return func(*args)
+
+    monkeypatch.setattr(asyncio, "to_thread", same_step)
+
+    async def main() -> None:
+        syncer = Syncer()
+
+        async def files(n: int, count: int) -> None:
+            for i in range(count):
+                path = tmp_path / f"w{n}-{i}.part"
+                await syncer.settle(write_whole(path, b"w"), path, None)
+
+        work = asyncio.gather(files(0, 2), files(1, 1), files(2, 1), files(3, 1))
+        await asyncio.wait_for(work, 10)
+
+    asyncio.run(main())
+    assert (tmp_path / "w0-1.part").read_bytes() == b"w"

@@ -1,0 +1,81 @@
+"""Which DEST gets one syncfs per batch of small files (cache/flush.py): only a whole file
+system of its own, read from a mount table; and a failed flush falls back to an fsync per
+file. Real files in tmp_path; the mount tables are written out, since this machine's own has
+neither a PVC nor a hostPath. A fetch onto a real tmpfs volume is in test_small_files.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fetcher.cache.flush import _mount_of, volume_flush
+from fetcher.cache.partial import write_whole
+from fetcher.errors import CacheError
+from fetcher.transfer.syncer import _settle_all
+
+# Shaped like a pod's: the overlay root, a PVC (a whole ext4), a hostPath and an emptyDir
+# (directories bound from the node's disk), a path with a space.
+MOUNTINFO = """\
+1200 1100 0:310 / / rw,relatime master:1 - overlay overlay rw,lowerdir=/l,upperdir=/u
+1201 1200 8:16 / /models rw,relatime - ext4 /dev/sdb rw
+1202 1200 8:1 /var/lib/model-cache /node-cache rw,relatime - ext4 /dev/sda1 rw
+1203 1200 8:1 /var/lib/kubelet/pods/u/volumes/empty-dir/c /scratch rw - ext4 /dev/sda1 rw
+1204 1200 8:32 / /with\\040space rw,relatime - xfs /dev/sdc rw
+1205 1201 8:48 / /models/inner rw,relatime - xfs /dev/sdd rw
+"""
+
+
+def _table(tmp_path: Path) -> str:
+    path = tmp_path / "mountinfo"
+    path.write_text(MOUNTINFO)
+    return str(path)
+
+
+def test_the_mount_that_holds_a_path_is_the_longest_above_it(tmp_path: Path) -> None:
+    table = _table(tmp_path)
+    assert _mount_of("/models/llama/v1", table) == ("/", "/models")
+    assert _mount_of("/models", table) == ("/", "/models")
+    assert _mount_of("/models/inner/x", table) == ("/", "/models/inner")
+    assert _mount_of("/modelsX/a", table) == ("/", "/")  # a prefix of the name is not a mount
+    assert _mount_of("/node-cache/m", table) == ("/var/lib/model-cache", "/node-cache")
+    assert _mount_of("/scratch/m", table)[0].endswith("empty-dir/c")  # type: ignore[index]
+    assert _mount_of("/with space/m", table) == ("/", "/with space")
+    assert _mount_of("/x", str(tmp_path / "missing")) is None
+
+
+def test_only_a_volume_of_its_own_is_flushed_whole(tmp_path: Path) -> None:
+    # This machine: tmp_path is on the root file system, so each file keeps its fsync.
+    assert volume_flush(tmp_path) is None
+
+
+def test_a_failed_flush_falls_back_to_an_fsync_per_file(tmp_path: Path) -> None:
+    flushed: list[int] = []
+
+    def failing(fd: int) -> bool:
+        flushed.append(fd)
+        return False
+
+    fds = [write_whole(tmp_path / f"f{i}", b"x" * i) for i in range(5)]
+    items = [(fd, tmp_path / f"f{i}", None, None) for i, fd in enumerate(fds)]
+    assert _settle_all(items, failing) == [None] * 5  # type: ignore[arg-type]
+    assert flushed == [fds[0]]  # once per batch, on the file opened first
+    for fd in fds:
+        try:
+            os.fstat(fd)
+            raise AssertionError(f"descriptor {fd} left open")
+        except OSError:
+            pass
+
+
+def test_a_good_flush_stands_for_the_fsyncs_a_failed_one_does_not(
+    tmp_path: Path,
+) -> None:
+    # /dev/null refuses fsync (EINVAL): its result says whether an fsync was made for it.
+    def batch() -> list[tuple[int, Path, None, None]]:
+        good = write_whole(tmp_path / "good", b"g")
+        null = os.open(os.devnull, os.O_WRONLY)
+        return [(good, tmp_path / "good", None, None), (null, tmp_path / "null", None, None)]
+
+    assert _settle_all(batch(), lambda fd: True) == [None, None]  # type: ignore[arg-type]
+    errors = _settle_all(batch(), lambda fd: False)  # type: ignore[arg-type]
+    assert errors[0] is None and isinstance(errors[1], CacheError)
