@@ -104,8 +104,13 @@ def scenario(
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
             argv, env = command(server, prefix, dest)
+            # Each run starts with nothing dirty: s5cmd and rclone do not fsync, and what
+            # they (or the deletion above) leave unwritten must not be flushed, and timed,
+            # by the next tool's first fsync or syncfs.
+            os.sync()
             measured = timed(argv, env)
             if name == "model-fetcher":
+                os.sync()
                 warm.append(timed(argv, env))  # again, on the complete cache
             if r:
                 results[name].append(measured)
