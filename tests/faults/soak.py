@@ -63,6 +63,15 @@ def run_round(env: dict[str, str], kill: bool) -> int:
     return proc.wait(timeout=300)
 
 
+def _add_compile_cache(where: Path, files: int, rng: random.Random) -> None:
+    """Small files beside the weights (a torch.compile cache's shape): the faults and the
+    kills then also land on the small-file path (transfer/small.py, syncer.py)."""
+    for i in range(files):
+        path = where / f"k{i % 6}" / f"entry-{i:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randrange(1, 96 * 1024)))
+
+
 def corrupt_files(source: Path, dest: Path) -> int:
     bad = 0
     for path in source.rglob("*"):
@@ -97,6 +106,7 @@ def main() -> int:
     try:
         boto3_client(server).create_bucket(Bucket=BUCKET)
         write_sample_model(work / "model", 24 * 2**20, shards=3)
+        _add_compile_cache(work / "model" / "jit", files=300, rng=rng)
         env = {
             **os.environ,
             "MINIO_ENDPOINT": server.endpoint,
