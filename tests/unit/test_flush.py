@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from fetcher.cache import flush
 from fetcher.cache.flush import _mount_of, volume_flush
 from fetcher.cache.partial import write_whole
 from fetcher.errors import CacheError
@@ -22,6 +25,8 @@ MOUNTINFO = """\
 1203 1200 8:1 /var/lib/kubelet/pods/u/volumes/empty-dir/c /scratch rw - ext4 /dev/sda1 rw
 1204 1200 8:32 / /with\\040space rw,relatime - xfs /dev/sdc rw
 1205 1201 8:48 / /models/inner rw,relatime - xfs /dev/sdd rw
+1206 1200 0:90 / /juicefs rw,relatime shared:7 - fuse.juicefs JuiceFS:m rw,user_id=0
+1207 1200 0:91 / /nfs rw,relatime - nfs4 10.0.0.1:/export rw,vers=4.2
 """
 
 
@@ -33,14 +38,29 @@ def _table(tmp_path: Path) -> str:
 
 def test_the_mount_that_holds_a_path_is_the_longest_above_it(tmp_path: Path) -> None:
     table = _table(tmp_path)
-    assert _mount_of("/models/llama/v1", table) == ("/", "/models")
-    assert _mount_of("/models", table) == ("/", "/models")
-    assert _mount_of("/models/inner/x", table) == ("/", "/models/inner")
-    assert _mount_of("/modelsX/a", table) == ("/", "/")  # a prefix of the name is not a mount
-    assert _mount_of("/node-cache/m", table) == ("/var/lib/model-cache", "/node-cache")
+    assert _mount_of("/models/llama/v1", table) == ("/", "/models", "ext4")
+    assert _mount_of("/models", table) == ("/", "/models", "ext4")
+    assert _mount_of("/models/inner/x", table) == ("/", "/models/inner", "xfs")
+    assert _mount_of("/modelsX/a", table) == ("/", "/", "overlay")  # a name's prefix: no mount
+    assert _mount_of("/node-cache/m", table) == ("/var/lib/model-cache", "/node-cache", "ext4")
     assert _mount_of("/scratch/m", table)[0].endswith("empty-dir/c")  # type: ignore[index]
-    assert _mount_of("/with space/m", table) == ("/", "/with space")
+    assert _mount_of("/with space/m", table) == ("/", "/with space", "xfs")
+    assert _mount_of("/juicefs/m", table) == ("/", "/juicefs", "fuse.juicefs")
+    assert _mount_of("/nfs/m", table) == ("/", "/nfs", "nfs4")
     assert _mount_of("/x", str(tmp_path / "missing")) is None
+
+
+def test_which_mounts_get_a_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole local file system of its own only: not the root, not a directory bound from
+    the node's disk (hostPath, emptyDir), not FUSE or NFS (their syncfs is not an fsync)."""
+    table = _table(tmp_path)
+    real = flush._mount_of
+    monkeypatch.setattr(flush, "_mount_of", lambda path: real(path, table))
+    monkeypatch.setattr(os.path, "realpath", lambda path: str(path))
+    for volume in ("/models/m", "/models/inner/m", "/with space/m"):
+        assert volume_flush(Path(volume)) is not None, volume
+    for refused in ("/modelsX/m", "/node-cache/m", "/scratch/m", "/juicefs/m", "/nfs/m"):
+        assert volume_flush(Path(refused)) is None, refused
 
 
 def test_only_a_volume_of_its_own_is_flushed_whole(tmp_path: Path) -> None:
