@@ -36,9 +36,13 @@ class Progress:
         self.resumed_bytes += nbytes
         self.add(nbytes)
 
-    def file_done(self, rel: str, size: int) -> None:
+    def file_done(self, rel: str, size: int, small: bool = False) -> None:
+        """One file placed. A small file's line is a debug one: a compile cache's thousands
+        of lines said nothing the periodic progress event does not, and each was a write and
+        a wake-up of whoever reads the pod's log (1000 x 64 KiB: 1.19 -> 0.99 s, same run)."""
         self.files_done += 1
-        log.event("file_done", f"fetched {rel}", file=rel, bytes=size)
+        level = logging.DEBUG if small else logging.INFO
+        log.event("file_done", f"fetched {rel}", level, file=rel, bytes=size)
         if self._bar is not None:
             self._bar.file_done(self.files_done)
 

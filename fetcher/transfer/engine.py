@@ -112,7 +112,7 @@ class Transfer:
             self.metrics.files["failed"].inc()
             raise
         self.metrics.files["downloaded"].inc()
-        self.progress.file_done(job.obj.rel, job.obj.size)
+        self.progress.file_done(job.obj.rel, job.obj.size, is_small(job, self.cfg.part_size))
 
     def _local(self) -> PartDownloader:
         """The byte path in this process, built on first use (with https it loads the CA

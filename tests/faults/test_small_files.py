@@ -63,6 +63,8 @@ def test_small_files_take_one_get_each_and_their_checksum_comes_with_it(
     assert metric(textfile, "model_fetcher_files_total", result="downloaded") == 41
     assert not res.events("source_unverified")
     assert list(Layout(dest).partial_dir.iterdir()) == []
+    # A line per large file; the small ones' are debug lines (thousands in a compile cache).
+    assert [e["file"] for e in res.events("file_done")] == ["weights.bin"]
 
 
 def test_small_file_corrupted_in_transit_fails_its_s3_checksum_and_is_never_placed(
