@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from fetcher.cache.volume import mount_of
 from fetcher.observe import log
 
 Flush = Callable[[int], bool]  # a descriptor on the file system -> whether it is all durable
@@ -39,7 +40,7 @@ def volume_flush(dest: Path) -> Flush | None:
     """`syncfs` for DEST's file system if DEST is a whole file system of its own, else None."""
     if not _kernel_reports_errors():
         return None
-    mount = _mount_of(os.path.realpath(dest))
+    mount = mount_of(os.path.realpath(dest))
     if mount is None or mount[1] == "/" or mount[0] != "/" or mount[2] not in _FLUSHABLE:
         return None  # the root file system, a directory bound from a larger one, FUSE, NFS
     import ctypes  # ~4 ms: only for a run with small files on a volume of its own
@@ -65,31 +66,3 @@ def _kernel_reports_errors() -> bool:
     except ValueError:
         return False
     return (major, minor) >= (5, 8)
-
-
-def _mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[str, str, str] | None:
-    """(root, mount point, file system type) of the mount that holds `path`: the longest
-    mount point above it, the last mounted where several share one."""
-    try:
-        with open(mountinfo, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    best: tuple[str, str, str] | None = None
-    for line in lines:
-        fields = line.split(" ")
-        if "-" not in fields[5:-1]:
-            continue  # not a mountinfo line: no separator before the file system type
-        root, point = _unescape(fields[3]), _unescape(fields[4])
-        fstype = fields[fields.index("-", 5) + 1]
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best[1])):
-            best = (root, point, fstype)
-    return best
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes a space, tab, newline or backslash in a path as an octal escape."""
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field

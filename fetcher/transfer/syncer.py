@@ -46,8 +46,8 @@ class Syncer:
 
     async def settle(self, fd: int, path: Path, check: Callable[[], None] | None) -> None:
         """`settle_whole(fd, path, check)` in a thread, batched with other files: on return
-        the file is durable and checked; `fd` is closed whatever happens (also when the
-        caller is cancelled: the thread closes it)."""
+        the file is durable and checked; `fd` is closed whatever happens (by the thread
+        that took it, or here if this call is cancelled before any thread did)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         item = (fd, path, check, done)
         self._queue.append(item)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from fetcher.cache import flush
-from fetcher.cache.flush import _mount_of, volume_flush
+from fetcher.cache.flush import volume_flush
 from fetcher.cache.partial import write_whole
+from fetcher.cache.volume import mount_of
 from fetcher.errors import CacheError
 from fetcher.transfer.syncer import _settle_all
 
@@ -38,24 +39,23 @@ def _table(tmp_path: Path) -> str:
 
 def test_the_mount_that_holds_a_path_is_the_longest_above_it(tmp_path: Path) -> None:
     table = _table(tmp_path)
-    assert _mount_of("/models/llama/v1", table) == ("/", "/models", "ext4")
-    assert _mount_of("/models", table) == ("/", "/models", "ext4")
-    assert _mount_of("/models/inner/x", table) == ("/", "/models/inner", "xfs")
-    assert _mount_of("/modelsX/a", table) == ("/", "/", "overlay")  # a name's prefix: no mount
-    assert _mount_of("/node-cache/m", table) == ("/var/lib/model-cache", "/node-cache", "ext4")
-    assert _mount_of("/scratch/m", table)[0].endswith("empty-dir/c")  # type: ignore[index]
-    assert _mount_of("/with space/m", table) == ("/", "/with space", "xfs")
-    assert _mount_of("/juicefs/m", table) == ("/", "/juicefs", "fuse.juicefs")
-    assert _mount_of("/nfs/m", table) == ("/", "/nfs", "nfs4")
-    assert _mount_of("/x", str(tmp_path / "missing")) is None
+    assert mount_of("/models/llama/v1", table) == ("/", "/models", "ext4")
+    assert mount_of("/models", table) == ("/", "/models", "ext4")
+    assert mount_of("/models/inner/x", table) == ("/", "/models/inner", "xfs")
+    assert mount_of("/modelsX/a", table) == ("/", "/", "overlay")  # a name's prefix: no mount
+    assert mount_of("/node-cache/m", table) == ("/var/lib/model-cache", "/node-cache", "ext4")
+    assert mount_of("/scratch/m", table)[0].endswith("empty-dir/c")  # type: ignore[index]
+    assert mount_of("/with space/m", table) == ("/", "/with space", "xfs")
+    assert mount_of("/juicefs/m", table) == ("/", "/juicefs", "fuse.juicefs")
+    assert mount_of("/nfs/m", table) == ("/", "/nfs", "nfs4")
+    assert mount_of("/x", str(tmp_path / "missing")) is None
 
 
 def test_which_mounts_get_a_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A whole local file system of its own only: not the root, not a directory bound from
     the node's disk (hostPath, emptyDir), not FUSE or NFS (their syncfs is not an fsync)."""
     table = _table(tmp_path)
-    real = flush._mount_of
-    monkeypatch.setattr(flush, "_mount_of", lambda path: real(path, table))
+    monkeypatch.setattr(flush, "mount_of", lambda path: mount_of(path, table))
     monkeypatch.setattr(os.path, "realpath", lambda path: str(path))
     for volume in ("/models/m", "/models/inner/m", "/with space/m"):
         assert volume_flush(Path(volume)) is not None, volume
