@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.tools import Source, base_env, binary, fetcher_env
+from bench.tools import Source, base_env, binary, byte_compile, fetcher_env
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
 
 BUCKET = "bench-files"
@@ -139,6 +139,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.baseline:
         TOOLS["model-fetcher baseline"] = _baseline(args.baseline.resolve())
+    byte_compile(*([args.baseline.resolve()] if args.baseline else []))
     work = Path(tempfile.mkdtemp(prefix="bench-files-", dir=args.dest))
     server = start_temporary()
     rows = []

@@ -26,7 +26,16 @@ from bench import dataset, report
 from bench.chart import write_chart
 from bench.machine import machine_info
 from bench.runner import Plan, Run, drop_caches_possible, run_once
-from bench.tools import TOOL_NAMES, Source, Tool, publish, select, signed_variant, versions
+from bench.tools import (
+    TOOL_NAMES,
+    Source,
+    Tool,
+    byte_compile,
+    publish,
+    select,
+    signed_variant,
+    versions,
+)
 from devtools.seaweed import SeaweedServer, boto3_client
 from fetcher import units
 
@@ -157,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench(opts: Options, server: SeaweedServer, workdir: Path) -> int:
+    # Earlier checkouts run as variants with PYTHONPATH (README): compiled as this one is.
+    byte_compile(
+        *(Path(t.extra_env["PYTHONPATH"]) for t in opts.tools if "PYTHONPATH" in t.extra_env)
+    )
     context = _context(opts, workdir)
     _print_context(context)
     model, tiny = _upload(server, workdir, opts)

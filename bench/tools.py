@@ -7,6 +7,7 @@ fetcher settings inherited from the shell so nothing outside the harness tunes o
 
 from __future__ import annotations
 
+import compileall
 import importlib.util
 import os
 import shlex
@@ -59,6 +60,17 @@ def base_env() -> dict[str, str]:
     }
     # No shared AWS config or credentials file may add a profile, region or endpoint.
     return {**keep, "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+def byte_compile(*trees: Path) -> None:
+    """Byte-compile model-fetcher (this checkout's, and each earlier checkout in `trees`) as
+    the image does (container/Dockerfile runs compileall): a pod starts from byte code. A shell
+    with PYTHONDONTWRITEBYTECODE set, as this VM's is, would otherwise time the compiler at
+    every start: 0.21 s against 0.16 s for one 1 KiB file, same minute."""
+    here = Path(__file__).resolve().parents[1]
+    for tree in (here, *trees):
+        if not compileall.compile_dir(tree / "fetcher", quiet=1):
+            raise RuntimeError(f"cannot byte-compile {tree / 'fetcher'}")
 
 
 def binary(name: str) -> str:
