@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from fetcher.verify import gguf
 from fetcher.verify.formats import check_json_file, family, read_weight_map
 from fetcher.verify.safetensors import check_index, check_safetensors
 
@@ -25,6 +24,8 @@ def check_file(path: Path, rel: str, skip: Collection[str] = ()) -> None:
     if kind == "safetensors":
         check_safetensors(path, rel)
     elif kind == "gguf":
+        from fetcher.verify import gguf  # see _gguf_files
+
         gguf.check_split_keys(rel, gguf.read_header(path, rel))
     elif kind == "index":
         read_weight_map(path, rel)
@@ -41,5 +42,13 @@ def check_model(model_dir: Path, files: Iterable[str], skip: Collection[str] = (
             check_file(model_dir / rel, rel, skip)
     if "index" not in skip:
         check_index(model_dir, files, skip)
-    if "gguf" not in skip:
-        gguf.check_gguf_files(model_dir, [rel for rel in files if family(rel) == "gguf"])
+    ggufs = [rel for rel in files if family(rel) == "gguf"]
+    if ggufs and "gguf" not in skip:
+        _gguf_files(model_dir, ggufs)
+
+
+def _gguf_files(model_dir: Path, rels: list[str]) -> None:
+    # Imported for GGUF models only: its dataclasses cost ~5 ms of every start (issue 14).
+    from fetcher.verify.gguf import check_gguf_files
+
+    check_gguf_files(model_dir, rels)

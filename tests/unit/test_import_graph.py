@@ -25,6 +25,9 @@ LAZY = {
     # key or certificate) loads a key or checks a signature with it.
     ("fetcher.trust", "fetcher.verify.omskeys"),
     ("fetcher.commands.signed", "fetcher.verify.omskeys"),
+    # gguf's dataclasses cost ~5 ms per start (issue 14); only a model with .gguf files reads it.
+    ("fetcher.verify.checks", "fetcher.verify.gguf"),
+    ("fetcher.commands.fetch", "fetcher.verify.gguf"),
 }
 
 
