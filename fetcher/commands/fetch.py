@@ -393,7 +393,10 @@ class Fetch:
             # up if the new version never arrives); `complete` says the set is not whole.
             self._prune(plan, state)
             state.source, state.complete = dict(self.source), False
-            self.cache.save_state(state)
+            # A fresh DEST has nothing recorded to mark incomplete: a crash before the next
+            # save leaves no state, as a crash before this one would (2 fsyncs, issue 14).
+            if state.files or self.cache.state_path.exists():
+                self.cache.save_state(state)
         self._check_space(plan)
         self._log_start(plan)
         if self.verified is not None:  # logged after "start", which stays the first event
