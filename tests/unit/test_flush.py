@@ -57,10 +57,32 @@ def test_which_mounts_get_a_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     table = _table(tmp_path)
     monkeypatch.setattr(flush, "mount_of", lambda path: mount_of(path, table))
     monkeypatch.setattr(os.path, "realpath", lambda path: str(path))
+    # The kernel's part of the rule is the next test's: this one holds on any kernel.
+    monkeypatch.setattr(flush, "_kernel_reports_errors", lambda: True)
     for volume in ("/models/m", "/models/inner/m", "/with space/m"):
         assert volume_flush(Path(volume)) is not None, volume
     for refused in ("/modelsX/m", "/node-cache/m", "/scratch/m", "/juicefs/m", "/nfs/m"):
         assert volume_flush(Path(refused)) is None, refused
+
+
+@pytest.mark.parametrize(
+    ("sysname", "release", "used"),
+    [
+        ("Linux", "5.4.0-150-generic", False),  # syncfs swallowed write-back errors
+        ("Linux", "5.8.0", True),
+        ("Linux", "6.1.0-18-amd64", True),
+        ("Linux", "4.19.0", False),
+        ("Linux", "unparsable", False),
+        ("Darwin", "23.1.0", False),
+    ],
+)
+def test_syncfs_only_where_the_kernel_reports_its_errors(
+    monkeypatch: pytest.MonkeyPatch, sysname: str, release: str, used: bool
+) -> None:
+    """By uname: a stub, since this machine boots one kernel only."""
+    fake = os.uname_result((sysname, "node", release, "#1", "x86_64"))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    assert flush._kernel_reports_errors() is used
 
 
 def test_only_a_volume_of_its_own_is_flushed_whole(tmp_path: Path) -> None:
