@@ -21,16 +21,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.tools import Source, base_env, binary, byte_compile, fetcher_env
+from bench.tools import Source, base_env, binary, byte_compile, fetcher_env, select
 from devtools.seaweed import SeaweedServer, boto3_client, start_temporary
 
 BUCKET = "bench-files"
 Command = Callable[[SeaweedServer, str, Path], tuple[list[str], dict[str, str]]]
 
 
+def _source(server: SeaweedServer, prefix: str) -> Source:
+    return Source(server.endpoint, BUCKET, prefix, server.access_key, server.secret_key)
+
+
 def _fetcher(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
-    source = Source(server.endpoint, BUCKET, prefix, server.access_key, server.secret_key)
-    env = {**fetcher_env(source), "MODEL_CACHE_DIR": str(dest)}
+    env = {**fetcher_env(_source(server, prefix)), "MODEL_CACHE_DIR": str(dest)}
     return [binary("model-fetcher")], {**env, "FETCH_TERMINATION_LOG": str(dest.parent / "t")}
 
 
@@ -53,7 +56,23 @@ def _rclone(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], 
     return [binary("rclone"), "--config", "", "copy", src, str(dest)], env
 
 
-TOOLS: dict[str, Command] = {"model-fetcher": _fetcher, "s5cmd": _s5cmd, "rclone": _rclone}
+def _peer(name: str) -> Command:
+    """A Python peer of `make bench` (bench/peers.py): boto3's `download_file`, an object at
+    a time, as a script built on boto3 fetches a prefix."""
+    tool = select([name], [])[0]
+
+    def command(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
+        return tool.command(_source(server, prefix), dest)
+
+    return command
+
+
+TOOLS: dict[str, Command] = {
+    "model-fetcher": _fetcher,
+    "s5cmd": _s5cmd,
+    "rclone": _rclone,
+    "boto3": _peer("boto3"),
+}
 
 
 def _baseline(tree: Path) -> Command:
@@ -104,7 +123,7 @@ def scenario(
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
             argv, env = command(server, prefix, dest)
-            # Each run starts with nothing dirty: s5cmd and rclone do not fsync, and what
+            # Each run starts with nothing dirty: the peers do not fsync, and what
             # they (or the deletion above) leave unwritten must not be flushed, and timed,
             # by the next tool's first fsync or syncfs.
             os.sync()

@@ -15,8 +15,8 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-# `make bench-files`: many small files and start-up, model-fetcher vs s5cmd and rclone in one
-# run (bench/manyfiles.py, issue 14), e.g. make bench-files FILES_ARGS="--files 1000 3000"
+# `make bench-files`: many small files and start-up, model-fetcher vs s5cmd, rclone and boto3
+# in one run (bench/manyfiles.py, issue 14), e.g. make bench-files FILES_ARGS="--files 1000 3000"
 FILES_ARGS ?= --files 1000 3000 --file-size 65536
 .PHONY: bench-files
 bench-files: install $(BENCH_STAMP)
