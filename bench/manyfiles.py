@@ -37,28 +37,9 @@ def _fetcher(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str],
     return [binary("model-fetcher")], {**env, "FETCH_TERMINATION_LOG": str(dest.parent / "t")}
 
 
-def _s5cmd(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
-    env = {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
-    env["AWS_REGION"] = "us-east-1"
-    url = f"s3://{BUCKET}/{prefix}*"
-    return [binary("s5cmd"), "--endpoint-url", server.endpoint, "cp", url, f"{dest}/"], env
-
-
-def _rclone(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
-    env = {
-        "RCLONE_CONFIG_BENCH_TYPE": "s3",
-        "RCLONE_CONFIG_BENCH_PROVIDER": "Minio",
-        "RCLONE_CONFIG_BENCH_ENDPOINT": server.endpoint,
-        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": server.access_key,
-        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": server.secret_key,
-    }
-    src = f"bench:{BUCKET}/{prefix}"
-    return [binary("rclone"), "--config", "", "copy", src, str(dest)], env
-
-
-def _peer(name: str) -> Command:
-    """A Python peer of `make bench` (bench/peers.py): boto3's `download_file`, an object at
-    a time, as a script built on boto3 fetches a prefix."""
+def _tool(name: str) -> Command:
+    """A peer invoked exactly as `make bench` invokes it (bench/tools.py): s5cmd, rclone, or
+    boto3's `download_file` an object at a time (bench/peers.py)."""
     tool = select([name], [])[0]
 
     def command(server: SeaweedServer, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
@@ -69,9 +50,9 @@ def _peer(name: str) -> Command:
 
 TOOLS: dict[str, Command] = {
     "model-fetcher": _fetcher,
-    "s5cmd": _s5cmd,
-    "rclone": _rclone,
-    "boto3": _peer("boto3"),
+    "s5cmd": _tool("s5cmd"),
+    "rclone": _tool("rclone"),
+    "boto3": _tool("boto3"),
 }
 
 
